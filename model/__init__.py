@@ -1,0 +1,1 @@
+"""Networks of mdx-labelnoise. Imports nothing from ``labelnoise``."""
