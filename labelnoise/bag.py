@@ -1,0 +1,145 @@
+"""Bags of models: several separators mixed with a per-model, per-source weight matrix.
+
+The final system of the original takes each source from its own fine-tuned
+model; a bag says so with one-hot rows::
+
+    # final.yaml -- model paths are relative to this file
+    models: [drums.th, bass.th, other.th, vocals.th]
+    weights:            # one row per model, one column per source (drums, bass, other, vocals)
+      - [1, 0, 0, 0]
+      - [0, 1, 0, 0]
+      - [0, 0, 1, 0]
+      - [0, 0, 0, 1]
+    segment: 10         # optional, seconds: overrides every model's segment
+
+The estimate of source ``k`` is ``sum_i w[i][k] * est_i[k] / sum_i w[i][k]``
+(``labelnoise.inference.apply`` does the arithmetic). Without ``weights``
+every model counts the same.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+from torch import nn
+
+BAG_KEYS = {"models", "weights", "segment"}
+
+
+class BagError(ValueError):
+    """A bag that cannot be built; the message names the file or model."""
+
+
+class Bag(nn.Module):
+    """Models sharing sources, sample rate and channels, with a weight matrix.
+
+    ``weights`` has shape ``(len(models), len(sources))``; ``names`` label the
+    models in error messages (file paths when loaded from YAML).
+    """
+
+    def __init__(self, models: Sequence[nn.Module], weights: Sequence[Sequence[float]] | None = None,
+                 *, segment: float | None = None, names: Sequence[str] | None = None):
+        super().__init__()
+        if not models:
+            raise BagError("a bag needs at least one model")
+        names = list(names) if names is not None else [f"model {i}" for i in range(len(models))]
+        if len(names) != len(models):
+            raise BagError(f"{len(names)} names given for {len(models)} models")
+        first, first_name = models[0], names[0]
+        for model, name in zip(models[1:], names[1:]):
+            for attr in ("sources", "samplerate", "audio_channels"):
+                if _as_list(getattr(model, attr)) != _as_list(getattr(first, attr)):
+                    raise BagError(f"{name}: {attr} {getattr(model, attr)!r} differs from "
+                                   f"{getattr(first, attr)!r} of {first_name}")
+        n_sources = len(first.sources)
+        if weights is None:
+            weights = [[1.0] * n_sources for _ in models]
+        weights = [[float(w) for w in row] for row in weights]
+        if len(weights) != len(models):
+            raise BagError(f"weights has {len(weights)} rows for {len(models)} models")
+        for row, name in zip(weights, names):
+            if len(row) != n_sources:
+                raise BagError(f"{name}: weight row {row} has {len(row)} values for "
+                               f"{n_sources} sources {list(first.sources)}")
+            if any(w < 0 for w in row):
+                raise BagError(f"{name}: negative weight in {row}")
+        for k, source in enumerate(first.sources):
+            # A zero column would divide by zero when the estimates are averaged.
+            if sum(row[k] for row in weights) <= 0:
+                raise BagError(f"source {source!r} has zero total weight: no model provides it")
+        if segment is not None and segment <= 0:
+            raise BagError(f"segment must be positive, got {segment}")
+        self.models = nn.ModuleList(models)
+        self.weights = weights
+        self.names = names
+        self.segment_override = segment
+        self.sources = list(first.sources)
+        self.samplerate = first.samplerate
+        self.audio_channels = first.audio_channels
+
+    @property
+    def segment(self) -> float:
+        """The longest segment every model accepts (the override when one is set)."""
+        if self.segment_override is not None:
+            return self.segment_override
+        return min(float(m.segment) for m in self.models)
+
+    def forward(self, mix):
+        raise TypeError("a Bag is applied with labelnoise.inference.apply, not called")
+
+
+def _as_list(value):
+    # Sources may come as tuple or list; compare them as lists.
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _default_loader(path: Path) -> nn.Module:
+    # Imported here: checkpoints are only needed when a model is read from disk.
+    from .checkpoint import load_model
+    return load_model(path)
+
+
+def load_bag(path: str | os.PathLike, *, loader: Callable[[Path], nn.Module] | None = None) -> Bag:
+    """Read a bag YAML; model paths are relative to the YAML's folder.
+
+    ``loader(path) -> nn.Module`` defaults to ``labelnoise.checkpoint.load_model``.
+    """
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise BagError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise BagError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(spec, dict):
+        raise BagError(f"{path}: expected a mapping with 'models' and 'weights'")
+    unknown = set(spec) - BAG_KEYS
+    if unknown:
+        raise BagError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(BAG_KEYS)}")
+    models = spec.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise BagError(f"{path}: 'models' must be a non-empty list of checkpoint paths")
+    model_paths = [(path.parent / m).resolve() for m in models]
+    for model_path in model_paths:
+        if not model_path.exists():
+            raise BagError(f"{path}: model file {model_path} not found")
+    loader = loader or _default_loader
+    loaded = [loader(p) for p in model_paths]
+    try:
+        return Bag(loaded, spec.get("weights"), segment=spec.get("segment"),
+                   names=[str(p) for p in model_paths])
+    except BagError as exc:
+        raise BagError(f"{path}: {exc}") from None
+
+
+def load_model_or_bag(path: str | os.PathLike, *,
+                      loader: Callable[[Path], nn.Module] | None = None) -> nn.Module:
+    """A ``.yaml``/``.yml`` file is a bag; anything else is one checkpoint."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return load_bag(path, loader=loader)
+    if not path.exists():
+        raise BagError(f"{path}: file not found")
+    return (loader or _default_loader)(path)

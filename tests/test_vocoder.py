@@ -1,0 +1,145 @@
+"""The torch phase vocoder: pitch and tempo move by the asked amounts, batches agree with rows."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labelnoise.vocoder import frame_sizes, pitch_shift, repitch, time_stretch
+
+SR = 44100
+
+
+def sine(freq, seconds=2.0, amp=0.5):
+    t = torch.arange(int(seconds * SR)) / SR
+    return amp * torch.sin(2 * math.pi * freq * t)
+
+
+def clicks(period, seconds=3.0):
+    x = torch.zeros(int(seconds * SR))
+    x[period // 2::period] = 1.0
+    return x
+
+
+def peak_freq(y):
+    """Frequency of the largest spectral peak, refined by a parabola through its bins."""
+    y = np.asarray(y, dtype=np.float64)
+    mag = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    k = int(mag[1:-1].argmax()) + 1
+    a, b, c = np.log(mag[k - 1:k + 2] + 1e-12)
+    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * SR / len(y)
+
+
+def click_period(y, guess):
+    """Mean spacing of a click train: slope of click position against click number.
+
+    The vocoder places each click to within about a hop, so single spacings
+    jitter; the fit over all clicks does not.
+    """
+    env = np.convolve(np.abs(np.asarray(y, dtype=np.float64)), np.ones(256) / 256, mode="same")
+    found, start = [], 0
+    while start < len(env):
+        seg = env[start:start + int(guess)]
+        at = start + int(seg.argmax())
+        if env[at] > 0.1 * env.max():
+            found.append(at)
+        start = at + int(0.5 * guess)
+    found = np.array(found)
+    assert len(found) >= 5, f"found only {len(found)} clicks"
+    return np.polyfit(np.arange(len(found)), found, 1)[0]
+
+
+@pytest.mark.parametrize("semitones", [-6, -2, 1, 3, 6])
+def test_pitch_moves_by_the_semitone_ratio(semitones):
+    y = pitch_shift(sine(440.0), semitones)
+    assert y.shape == (2 * SR,)
+    # Skip the edges, where the first and last frames straddle the padding.
+    got = peak_freq(y[4096:-4096])
+    assert got == pytest.approx(440.0 * 2 ** (semitones / 12), rel=2e-3)
+    assert y[4096:-4096].pow(2).mean().sqrt() == pytest.approx(0.5 / math.sqrt(2), rel=0.05)
+
+
+@pytest.mark.parametrize("rate", [0.88, 1.12])
+def test_time_stretch_keeps_pitch_and_moves_clicks(rate):
+    tone = time_stretch(sine(1000.0), rate)
+    assert tone.shape == (int(2 * SR / rate),)
+    assert peak_freq(tone[4096:-4096]) == pytest.approx(1000.0, rel=2e-3)
+    period = 11025  # 4 clicks a second
+    y = time_stretch(clicks(period), rate)
+    assert click_period(y, period / rate) == pytest.approx(period / rate, rel=0.015)
+
+
+def test_repitch_moves_pitch_and_tempo_together():
+    semis, tempo = 4, 1.1
+    y = repitch(sine(330.0), semis, tempo)
+    assert y.shape == (int(2 * SR / tempo),)
+    assert peak_freq(y[4096:-4096]) == pytest.approx(330.0 * 2 ** (4 / 12), rel=2e-3)
+    period = 11025
+    y = repitch(clicks(period), -3, 0.9)
+    assert click_period(y, period / 0.9) == pytest.approx(period / 0.9, rel=0.015)
+
+
+def test_batch_with_per_row_parameters_matches_rows_one_by_one():
+    gen = torch.Generator().manual_seed(0)
+    wav = 0.1 * torch.randn(3, 2, SR, generator=gen)
+    semis = torch.tensor([[2.0], [0.0], [-5.0]])
+    tempo = torch.tensor([[1.05], [0.92], [1.1]])
+    out = repitch(wav, semis, tempo, length=30000)
+    assert out.shape == (3, 2, 30000) and out.dtype == torch.float32
+    for i in range(3):
+        alone = repitch(wav[i], float(semis[i]), float(tempo[i]), length=30000)
+        torch.testing.assert_close(out[i], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_rows_asking_no_change_are_copied_exactly():
+    wav = torch.randn(2, 5000)
+    out = repitch(wav, torch.tensor([0.0, 1.0]), 1.0, length=4000)
+    assert torch.equal(out[0], wav[0, :4000])
+    assert not torch.allclose(out[1], wav[1, :4000], atol=1e-3)
+
+
+def test_float32_out_under_autocast_and_for_half_inputs():
+    wav = sine(500.0, 0.5).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = repitch(wav, 2, 1.05)
+    assert out.dtype == torch.float32
+    assert peak_freq(out[4096:-4096].float()) == pytest.approx(500 * 2 ** (2 / 12), rel=5e-3)
+
+
+def test_bad_tempo_is_an_error():
+    with pytest.raises(ValueError, match="tempo"):
+        repitch(torch.randn(1000), 0, 0.0)
+
+
+@pytest.mark.parametrize("semitones", range(-12, 13))
+def test_frame_sizes_are_fast_even_and_within_a_cent(semitones):
+    n_in, n_out = frame_sizes(float(semitones))
+    assert 0.75 * 2048 <= n_in <= 2048 and n_in % 2 == 0 and n_out % 2 == 0
+    assert n_in / n_out == pytest.approx(2 ** (semitones / 12), rel=6e-4)
+    for n in (n_in, n_out):
+        for p in (2, 3, 5, 7, 11, 13):
+            while n % p == 0:
+                n //= p
+        assert n == 1
+
+
+@pytest.mark.parametrize("semitones, tempo", [(-6, 1.12), (5, 0.88), (0, 1.05)])
+def test_pitch_and_tempo_of_a_sine_in_a_stereo_batch(semitones, tempo):
+    """Both channels of a stem, shifted at once: pitch within 0.3 %, level kept, channels equal."""
+    x = sine(523.25, 3.0).expand(2, -1)
+    y = repitch(x, semitones, tempo)
+    assert y.shape == (2, int(3 * SR / tempo))
+    torch.testing.assert_close(y[0], y[1])
+    got = peak_freq(y[0, 4096:-4096])
+    assert got == pytest.approx(523.25 * 2 ** (semitones / 12), rel=3e-3)
+    assert y[0, 4096:-4096].pow(2).mean().sqrt() == pytest.approx(0.5 / math.sqrt(2), rel=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    wav = 0.1 * torch.randn(4, 2, SR)
+    semis = torch.tensor([[1.0], [-2.0], [0.0], [6.0]])
+    tempo = torch.tensor([[1.1], [0.9], [1.05], [1.0]])
+    cpu = repitch(wav, semis, tempo, length=40000)
+    gpu = repitch(wav.cuda(), semis.cuda(), tempo.cuda(), length=40000)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
