@@ -8,7 +8,7 @@ Estimates already on disk (``EST/<track>/<source>.wav``, as ``separate.py`` writ
 Separate and score in one go (nothing written unless ``--out``):
 
     python evaluate.py --model runs/joint360/model.th --tracks data/test --json sdr.json
-    python evaluate.py --model configs/bags/final.yaml --tracks data/test --shifts 1 --out est/
+    python evaluate.py --model bags/final.yaml --tracks data/test --shifts 1 --out est/
 
 SDR = 10 log10((sum s^2 + 1e-7) / (sum (s - s_hat)^2 + 1e-7)) over all samples
 and channels; a track's score is the mean over its sources. Lengths within

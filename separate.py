@@ -1,7 +1,7 @@
 """Separate songs into stems with a model checkpoint or a bag of models.
 
     python separate.py runs/vocals/model.th song.flac other.ogg --out separated/
-    python separate.py configs/bags/final.yaml data/test/*/mixture.wav --out est/ --shifts 1
+    python separate.py bags/final.yaml data/test/*/mixture.wav --out est/ --shifts 1
     python separate.py model.th song.wav --out est/ --device cuda --precision bf16 --jobs 4
 
 Writes ``OUT/<track>/<source>.wav`` (16-bit, or float with ``--float32``) at
@@ -41,8 +41,6 @@ def track_name(path: Path) -> str:
 
 def read_input(path: Path, samplerate: int, channels: int):
     """(audio at the model rate, the file's own rate)."""
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
     rate = info(path).samplerate
     return read_audio(path, samplerate=samplerate, channels=channels), rate
 

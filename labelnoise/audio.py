@@ -18,8 +18,15 @@ class AudioError(ValueError):
     """A file that cannot be used as audio; the message names the file."""
 
 
+def _check_exists(path) -> None:
+    # libsndfile reports a missing file as a generic "System error".
+    if not os.path.exists(path):
+        raise AudioError(f"{path}: file not found")
+
+
 def info(path: str | os.PathLike) -> sf._SoundFileInfo:
     """soundfile.info with an error that names the file."""
+    _check_exists(path)
     try:
         return sf.info(str(path))
     except FileNotFoundError:

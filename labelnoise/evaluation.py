@@ -62,13 +62,6 @@ def list_tracks(root: str | os.PathLike) -> list[Path]:
     return tracks
 
 
-def _rate(path: Path) -> int:
-    # soundfile reports a missing file as a generic "System error"; say what it is.
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
-    return info(path).samplerate
-
-
 def load_track(folder: str | os.PathLike, sources: Sequence[str] = SOURCES,
                channels: int | None = 2) -> Track:
     """Read ``sources`` of a track folder and its mixture (or the sum of all stems)."""
@@ -79,13 +72,13 @@ def load_track(folder: str | os.PathLike, sources: Sequence[str] = SOURCES,
     stems = {}
     for name in needed:
         path = folder / f"{name}.wav"
-        file_rate = _rate(path)
+        file_rate = info(path).samplerate
         if rate is not None and file_rate != rate:
             raise AudioError(f"{path}: sample rate {file_rate} differs from the track's {rate}")
         rate = file_rate
         stems[name] = read_audio(path, channels=channels)
     if mix_path.exists():
-        if _rate(mix_path) != rate:
+        if info(mix_path).samplerate != rate:
             raise AudioError(f"{mix_path}: sample rate differs from the stems' {rate}")
         mix = read_audio(mix_path, channels=channels)
     else:
@@ -161,7 +154,7 @@ def evaluate_dirs(ref_dir: str | os.PathLike, est_dir: str | os.PathLike,
     for folder in tqdm.tqdm(list_tracks(ref_dir), unit="track", disable=not progress):
         for source in sources:
             ref_path, est_path = folder / f"{source}.wav", est_dir / folder.name / f"{source}.wav"
-            ref_rate, est_rate = _rate(ref_path), _rate(est_path)
+            ref_rate, est_rate = info(ref_path).samplerate, info(est_path).samplerate
             if ref_rate != est_rate:
                 raise AudioError(f"{est_path}: sample rate {est_rate} differs from the "
                                  f"reference's {ref_rate}")
