@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from spectral import peak_freq
 
 from labelnoise.augment import (FlipChannels, FlipSign, Remix, RubberbandRepitch, Scale, Shift,
                                 VocoderRepitch, build_repitch, remix_permutation, repitch_length)
@@ -22,13 +23,6 @@ def ramp_batch(B=4, S=4, C=2, T=1000):
         wav[:, :, 1] *= -1
     return wav
 
-
-def peak_freq(y):
-    y = np.asarray(y, dtype=np.float64)
-    mag = np.abs(np.fft.rfft(y * np.hanning(len(y))))
-    k = int(mag[1:-1].argmax()) + 1
-    a, b, c = np.log(mag[k - 1:k + 2] + 1e-12)
-    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * SR / len(y)
 
 
 def sine_stems(freqs, seconds=2.0):

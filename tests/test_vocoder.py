@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from spectral import peak_freq
 
 from labelnoise.vocoder import frame_sizes, pitch_shift, repitch, time_stretch
 
@@ -20,14 +21,6 @@ def clicks(period, seconds=3.0):
     x[period // 2::period] = 1.0
     return x
 
-
-def peak_freq(y):
-    """Frequency of the largest spectral peak, refined by a parabola through its bins."""
-    y = np.asarray(y, dtype=np.float64)
-    mag = np.abs(np.fft.rfft(y * np.hanning(len(y))))
-    k = int(mag[1:-1].argmax()) + 1
-    a, b, c = np.log(mag[k - 1:k + 2] + 1e-12)
-    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * SR / len(y)
 
 
 def click_period(y, guess):
