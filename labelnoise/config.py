@@ -1,0 +1,205 @@
+"""Stage configs: ``configs/base.yaml`` <- ``configs/<stage>.yaml`` <- command-line ``a.b=value``.
+
+A stage file names what it extends (``extends: base.yaml``, or a list, paths
+relative to the file) and states only what differs. ``base.yaml`` is the
+schema: a key it does not have is an error naming the key and where it came
+from, and a value of another kind (a string where base has a number, ...)
+too. The ``model`` section holds the network's constructor keywords, checked
+against the architecture's signature instead.
+
+    cfg = load_config("configs/step2.yaml", ["optim.lr=2e-4", "data.root=/scratch/labelnoise"])
+    cfg["run"]["name"]     # "step2": runs go to runs/step2/
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from copy import deepcopy
+from pathlib import Path
+
+import yaml
+
+from .atomic import write_text
+
+BASE_NAME = "base.yaml"
+# Sections whose keys are not fixed by base.yaml.
+FREE_SECTIONS = ("model",)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file or the key."""
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, found {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = deepcopy(value)
+    return out
+
+
+def _layers(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
+    """The chain of files behind ``path``, most general first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(p.name for p in seen)}")
+    data = _read_yaml(path)
+    parents = data.pop("extends", [])
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: 'extends' must be a file name or a list of them")
+    chain = []
+    for parent in parents:
+        for layer in _layers(path.parent / parent, seen + (path,)):
+            if layer[0] not in [p for p, _ in chain]:
+                chain.append(layer)
+    return chain + [(path, data)]
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "null"
+
+
+def _check(update: dict, schema: dict, where: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{dotted}'{hint}")
+        if not prefix and key in FREE_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: '{dotted}' must be a mapping")
+            continue
+        expected = schema[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: '{dotted}' must be a mapping, got {_kind(value)}")
+            _check(value, expected, where, dotted + ".")
+        elif expected is not None and value is not None and _kind(value) != _kind(expected):
+            raise ConfigError(f"{where}: '{dotted}' must be {_kind(expected)} (as in {BASE_NAME}), "
+                              f"got {_kind(value)}: {value!r}")
+
+
+def parse_override(text: str) -> dict:
+    """``"optim.lr=1e-4"`` -> ``{"optim": {"lr": 0.0001}}`` (the value read as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"command line: expected KEY=VALUE with a dotted key, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"command line: cannot read the value of {key} ({exc})") from None
+    # YAML 1.1 reads 1e-4 as a string; a number is what anyone means.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | os.PathLike, overrides=()) -> dict:
+    """Resolve a stage config: its ``extends`` chain, then ``overrides`` (``a.b=value`` strings)."""
+    path = Path(path)
+    layers = _layers(path)
+    base_path, schema = layers[0]
+    if base_path.name != BASE_NAME:
+        raise ConfigError(f"{path}: its extends chain must start at {BASE_NAME}, starts at {base_path.name}")
+    config = {}
+    for file, data in layers:
+        if file != base_path:
+            _check(data, schema, str(file))
+        config = _merge(config, data)
+    for text in overrides:
+        update = parse_override(text)
+        _check(update, schema, f"command line '{text}'")
+        config = _merge(config, update)
+    if config.get("run", {}).get("name") is None:
+        config.setdefault("run", {})["name"] = path.stem
+    check_model_config(config.get("model", {}), str(path))
+    _check_consistent(config, str(path))
+    return config
+
+
+def _check_consistent(config: dict, where: str) -> None:
+    model, data, optim = config["model"], config["data"], config["optim"]
+    if model.get("samplerate", 44100) != data["samplerate"]:
+        raise ConfigError(f"{where}: model.samplerate {model.get('samplerate', 44100)} differs from "
+                          f"data.samplerate {data['samplerate']}")
+    sources = model.get("sources", [])
+    if len(optim["weights"]) != len(sources):
+        raise ConfigError(f"{where}: optim.weights has {len(optim['weights'])} entries for "
+                          f"{len(sources)} sources {sources}")
+
+
+def check_model_config(model: dict, where: str) -> None:
+    """Keys of the ``model`` section must be the architecture's constructor keywords."""
+    from .checkpoint import architectures
+
+    arch = model.get("arch", "htdemucs")
+    if arch not in architectures():
+        raise ConfigError(f"{where}: unknown model.arch {arch!r}, expected one of {sorted(architectures())}")
+    params = inspect.signature(architectures()[arch]).parameters
+    for key in model:
+        if key != "arch" and key not in params:
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" (did you mean 'model.{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key 'model.{key}': not a keyword of {arch}{hint}")
+
+
+def build_model(config: dict):
+    """The network a resolved config describes (its ``model`` section)."""
+    from .checkpoint import architectures
+
+    model = dict(config["model"])
+    arch = model.pop("arch", "htdemucs")
+    return architectures()[arch](**model)
+
+
+def run_dir(config: dict) -> Path:
+    """``<run.root>/<run.name>``: deterministic, never a timestamp."""
+    return Path(config["run"]["root"]) / config["run"]["name"]
+
+
+def run_path(config: dict, value: str | None) -> Path | None:
+    """An ``init_from``/``resume_from`` value: a bare name is a run under ``run.root``, else a path."""
+    if value is None:
+        return None
+    if "/" not in value and os.sep not in value and not value.endswith((".th", ".ckpt", ".pt")):
+        return Path(config["run"]["root"]) / value
+    return Path(value)
+
+
+def save_config(config: dict, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    write_text(path, yaml.safe_dump(config, sort_keys=False))
