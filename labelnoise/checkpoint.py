@@ -75,7 +75,9 @@ def _reason(exc: BaseException) -> str:
     for i, line in enumerate(lines):
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
             return lines[i + 1]
-    return lines[0] if lines else type(exc).__name__
+    reason = lines[0] if lines else ""
+    # Some failures carry only a number (a bad pickle key): name the error instead.
+    return reason if any(c.isalpha() for c in reason) else f"{type(exc).__name__} {reason}".strip()
 
 
 def _read(path: Path):
@@ -92,9 +94,11 @@ def _read(path: Path):
             raise CheckpointError(
                 f"{path}: refused to load: the file asks to import `{found.group(1)}`; a model checkpoint needs "
                 "only tensors, plain containers and the demucs model class names") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file: {_reason(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: corrupt or not a torch file "
+                              f"({_reason(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {_reason(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: truncated, corrupt or not a torch file "
+                              f"({_reason(exc)})") from None
 
 
 def _model_config_file(config, path: Path) -> dict:

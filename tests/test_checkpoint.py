@@ -157,7 +157,7 @@ def test_corrupt_truncated_empty_missing_foreign(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.th")
     torch.save({"format": "someone-else/v9", "weights": 1}, tmp_path / "otherformat.th")
     torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "foreign.th")
-    cases = {"truncated.th": "truncated or corrupt", "random.th": "corrupt", "empty.th": "empty file",
+    cases = {"truncated.th": "truncated, corrupt", "random.th": "corrupt", "empty.th": "empty file",
              "missing.th": "file not found", "list.th": "expected a dict, found a list",
              "otherformat.th": "unknown checkpoint format", "foreign.th": "not a model checkpoint"}
     for name, reason in cases.items():
