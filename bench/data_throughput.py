@@ -100,7 +100,7 @@ def per_stem_costs(have_cli: bool) -> None:
     r2 = timed(lambda: pedalboard.time_stretch(stem, SR, tempo, semi, high_quality=False, preserve_formants=False))
     r3 = timed(lambda: pedalboard.time_stretch(stem, SR, tempo, semi, high_quality=True, preserve_formants=False))
     batch = torch.from_numpy(np.stack([stem] * 8))  # 8 stems of one batch, all repitched
-    voc = timed(lambda: repitch(batch, semi, tempo, length=repitch_length(11 * SR))) / 8
+    voc = timed(lambda: repitch(batch, semi, tempo, length=repitch_length(11 * SR), stereo=True)) / 8
     print(f"per 11 s stereo stem, one thread: Rubber Band R2 (pedalboard, --fast) {r2 * 1e3:.0f} ms, "
           f"R3 {r3 * 1e3:.0f} ms, torch vocoder (CPU) {voc * 1e3:.0f} ms "
           f"= {r2 / voc:.1f}x faster than R2, {r3 / voc:.1f}x than R3")
@@ -118,11 +118,11 @@ def per_stem_costs(have_cli: bool) -> None:
         semis = torch.randint(-6, 7, (64, 1), device="cuda").float()
         tempos = 1 + 0.05 * torch.randn(64, 1, device="cuda").clamp(-2.4, 2.4)
         for _ in range(2):
-            repitch(gpu, semis, tempos, length=repitch_length(11 * SR))
+            repitch(gpu, semis, tempos, length=repitch_length(11 * SR), stereo=True)
         torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(5):
-            repitch(gpu, semis, tempos, length=repitch_length(11 * SR))
+            repitch(gpu, semis, tempos, length=repitch_length(11 * SR), stereo=True)
         torch.cuda.synchronize()
         per = (time.perf_counter() - t) / 5 / 64
         print(f"  torch vocoder on {torch.cuda.get_device_name()}: {per * 1e3:.2f} ms per stem "

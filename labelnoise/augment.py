@@ -288,7 +288,7 @@ class VocoderRepitch(_RepitchParams, nn.Module):
         mask = apply.to(wav.device)
         moved = repitch(wav[mask], semis[apply].float()[:, None].to(wav.device),
                         (1 + 0.01 * tempo[apply])[:, None].to(wav.device),
-                        length=out_len, n_fft=self.n_fft)
+                        length=out_len, n_fft=self.n_fft, stereo=True)  # one phase per stem
         out[mask] = moved.to(out.dtype)
         return out
 

@@ -128,6 +128,59 @@ def test_pitch_and_tempo_of_a_sine_in_a_stereo_batch(semitones, tempo):
     assert y[0, 4096:-4096].pow(2).mean().sqrt() == pytest.approx(0.5 / math.sqrt(2), rel=0.05)
 
 
+def test_stereo_channels_keep_their_own_content():
+    """One phase computation per stem: each channel still carries its own sine, at its own level."""
+    x = torch.stack([sine(440.0, 3.0, amp=0.5), sine(660.0, 3.0, amp=0.2)])
+    y = repitch(x, 3, 1.05, stereo=True)
+    assert y.shape == (2, int(3 * SR / 1.05))
+    f = 2 ** (3 / 12)
+    for ch, (freq, amp) in enumerate([(440.0, 0.5), (660.0, 0.2)]):
+        mid = y[ch, 4096:-4096]
+        assert peak_freq(mid) == pytest.approx(freq * f, rel=3e-3)
+        assert mid.pow(2).mean().sqrt() == pytest.approx(amp / math.sqrt(2), rel=0.05)
+    # The other channel's tone does not leak in: under 1 % of the level.
+    spec = [np.abs(np.fft.rfft(y[ch, 4096:-4096].numpy() * np.hanning(y.shape[1] - 8192))) for ch in (0, 1)]
+    hz = np.fft.rfftfreq(y.shape[1] - 8192, 1 / SR)
+    near = lambda freq: np.abs(hz - freq * f) < 20
+    assert spec[0][near(660.0)].max() < 0.01 * spec[0][near(440.0)].max()
+    assert spec[1][near(440.0)].max() < 0.01 * spec[1][near(660.0)].max()
+
+
+def test_stereo_image_is_kept():
+    """A source panned left stays left: channels keep their gain ratio, silence stays silent."""
+    gen = torch.Generator().manual_seed(1)
+    src = 0.1 * torch.randn(2 * SR, generator=gen)
+    panned = torch.stack([src, 0.3 * src])
+    y = repitch(panned, -4, 0.93, stereo=True)
+    torch.testing.assert_close(y[1], 0.3 * y[0], atol=1e-6, rtol=1e-4)
+    hard_left = torch.stack([src, torch.zeros_like(src)])
+    y = repitch(hard_left, 2, 1.1, stereo=True)
+    assert y[0].abs().max() > 0.1 and torch.equal(y[1], torch.zeros_like(y[1]))
+
+
+def test_stereo_of_equal_channels_matches_mono():
+    x = sine(523.25, 1.0)
+    mono = repitch(x, 5, 0.95)
+    stereo = repitch(x.expand(2, -1), 5, 0.95, stereo=True)
+    torch.testing.assert_close(stereo, mono.expand(2, -1), atol=1e-5, rtol=1e-4)
+
+
+def test_stereo_batch_matches_items_one_by_one():
+    gen = torch.Generator().manual_seed(0)
+    wav = 0.1 * torch.randn(3, 2, SR, generator=gen)
+    semis = torch.tensor([[2.0], [2.0], [-5.0]])
+    tempo = torch.tensor([[1.05], [0.92], [1.0]])
+    out = repitch(wav, semis, tempo, length=30000, stereo=True)
+    for i in range(3):
+        alone = repitch(wav[i], float(semis[i]), float(tempo[i]), length=30000, stereo=True)
+        torch.testing.assert_close(out[i], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_stereo_needs_one_pitch_per_item():
+    with pytest.raises(ValueError, match="same for every channel"):
+        repitch(torch.randn(2, 5000), torch.tensor([1.0, 2.0]), 1.0, stereo=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     wav = 0.1 * torch.randn(4, 2, SR)
