@@ -22,8 +22,9 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-import yaml
 from torch import nn
+
+from .yamlio import read_mapping
 
 BAG_KEYS = {"models", "weights", "segment"}
 
@@ -107,14 +108,7 @@ def load_bag(path: str | os.PathLike, *, loader: Callable[[Path], nn.Module] | N
     ``loader(path) -> nn.Module`` defaults to ``labelnoise.checkpoint.load_model``.
     """
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise BagError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise BagError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(spec, dict):
-        raise BagError(f"{path}: expected a mapping with 'models' and 'weights'")
+    spec = read_mapping(path, BagError, "a mapping with 'models' and 'weights'")
     unknown = set(spec) - BAG_KEYS
     if unknown:
         raise BagError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(BAG_KEYS)}")

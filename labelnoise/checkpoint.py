@@ -23,10 +23,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from .atomic import atomic_path
+from .yamlio import read_mapping
 
 FORMAT = "mdx-labelnoise/model-v1"
 
@@ -108,10 +108,7 @@ def _model_config_file(config, path: Path) -> dict:
             f"{path}: holds bare weights without a model config; pass config= (a YAML file or dict with the "
             "model's constructor keywords, e.g. the `model:` section of a stage config)")
     if isinstance(config, (str, os.PathLike)):
-        try:
-            config = yaml.safe_load(Path(config).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise CheckpointError(f"{config}: cannot read the model config ({exc})") from None
+        config = read_mapping(config, CheckpointError, "a mapping of model keywords")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the model config must be a mapping, got {type(config).__name__}")
     if isinstance(config.get("model"), dict):

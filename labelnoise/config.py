@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text
+from .yamlio import read_mapping
 
 BASE_NAME = "base.yaml"
 # Sections whose keys are not fixed by base.yaml.
@@ -32,17 +33,7 @@ class ConfigError(ValueError):
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping, found {type(data).__name__}")
-    return data
+    return read_mapping(path, ConfigError, "a mapping of config sections")
 
 
 def _merge(base: dict, update: dict) -> dict:

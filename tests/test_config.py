@@ -92,7 +92,7 @@ def test_unknown_key_in_a_stage_file_names_the_file(tmp_path):
     (tmp_path / "orphan.yaml").write_text("optim:\n  lr: 1.0\n")
     with pytest.raises(ConfigError, match="must start at base.yaml"):
         load_config(tmp_path / "orphan.yaml")
-    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+    with pytest.raises(ConfigError, match="missing.yaml: file not found"):
         load_config(tmp_path / "missing.yaml")
 
 
