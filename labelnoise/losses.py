@@ -107,7 +107,8 @@ class ReconstructionLoss:
         if self.truncate:
             scores = self._scores(losses, sources)
             keep = scores <= self._threshold(scores)
-            losses = losses.masked_fill(~keep, 0.0)
+            # A non-finite entry is never masked away: the loss must show it, so the step is skipped.
+            losses = losses.masked_fill(~keep & torch.isfinite(losses), 0.0)
         else:
             keep = torch.ones_like(losses, dtype=torch.bool)
         per_source = losses.mean(0)

@@ -116,3 +116,10 @@ def test_global_scope_with_two_ranks_equals_one_process(tmp_path):
     # DDP averages the ranks' gradients: each rank's share, halved, is the single process' gradient.
     assert torch.allclose(results[0][1] / 2, single_estimate.grad[:4], atol=1e-8)
     assert torch.allclose(results[1][1] / 2, single_estimate.grad[4:], atol=1e-8)
+
+
+def test_a_nan_entry_is_not_hidden_by_truncation():
+    estimate, sources = batch()
+    estimate[2, 1] = float("nan")
+    out = ReconstructionLoss("l1_trunc", 0.5)(estimate, sources)
+    assert torch.isnan(out.loss)
