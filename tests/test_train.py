@@ -276,12 +276,9 @@ def metrics_lines(run: Path) -> list[str]:
     return [line for line in (run / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
-def test_signal_saves_and_exits_3(tmp_path, synth, signum):
-    cmd = [sys.executable, str(ROOT / "train.py"), str(STEP1),
-           *overrides(tmp_path, synth, "optim.epochs=1000", "run.save_every_minutes=1000")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    run = tmp_path / "step1"
+def signal_after_first_step(cmd, cwd, run, signum):
+    """Start ``cmd``, send ``signum`` once its first metrics line exists; (process, its output)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     try:
         while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size):
@@ -292,7 +289,16 @@ def test_signal_saves_and_exits_3(tmp_path, synth, signum):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == EXIT_PREEMPTED, out.decode()
+    return proc, out.decode()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_saves_and_exits_3(tmp_path, synth, signum):
+    cmd = [sys.executable, str(ROOT / "train.py"), str(STEP1),
+           *overrides(tmp_path, synth, "optim.epochs=1000", "run.save_every_minutes=1000")]
+    run = tmp_path / "step1"
+    proc, out = signal_after_first_step(cmd, tmp_path, run, signum)
+    assert proc.returncode == EXIT_PREEMPTED, out
     state = torch.load(run / "checkpoint.th", weights_only=True)
     assert state["step"] >= 1
     assert not (run / "done").exists()
@@ -321,20 +327,9 @@ def test_torchrun_two_cpu_processes(tmp_path, synth):
 
 def test_torchrun_sigterm_saves_every_rank_then_resumes(tmp_path, synth):
     # torchrun forwards SIGTERM to its workers, which save and exit 3 (torchrun itself then exits 1).
-    proc = subprocess.Popen(_torchrun(tmp_path, synth, "optim.epochs=1000"), cwd=tmp_path, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     run = tmp_path / "step1"
-    deadline = time.monotonic() + 60
-    try:
-        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    out = out.decode()
+    _, out = signal_after_first_step(_torchrun(tmp_path, synth, "optim.epochs=1000"), tmp_path, run,
+                                     signal.SIGTERM)
     assert "exiting with 3" in out
     state = torch.load(run / "checkpoint.th", weights_only=True)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2 and state["step"] >= 1
