@@ -283,6 +283,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group.update(lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"])
 
+    def _finished_run_file(self, key: str, name: str) -> Path:
+        """``run.<key>`` as a path; for a run dir, its file ``name``, once that run is ``done``."""
+        path = run_path(self.cfg, self.cfg["run"][key])
+        if not path.is_dir():
+            return path
+        if not (path / "done").is_file():
+            raise TrainingError(f"{path}: run.{key} names a run that has not finished (no 'done')")
+        return path / name
+
     def restore(self) -> str:
         """Load where this run starts from; returns a word for the log."""
         own = self.dir / "checkpoint.th"
@@ -298,7 +307,7 @@ class Trainer:
                 self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
             elif self.ema is not None:
                 log.warning("%s: holds no EMA; the EMA starts from the current weights", own)
-                self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
+                self._reset_ema()
             if state["world_size"] == self.dist.world_size:
                 mine = state["ranks"][self.dist.rank]
                 _set_rng_state(mine["rng"], self.generator)
@@ -310,12 +319,8 @@ class Trainer:
                 self.batch_in_epoch = 0  # the shards differ: redo this epoch's position from its start
             return f"its own checkpoint (epoch {self.epoch}, step {self.step})"
         if run["resume_from"] is not None:
-            path = run_path(self.cfg, run["resume_from"])
-            if path.is_dir():
-                # A fine-tune continues a finished run "for N more epochs"; a run still going is no base.
-                if not (path / "done").is_file():
-                    raise TrainingError(f"{path}: run.resume_from names a run that has not finished (no 'done')")
-                path = path / "checkpoint.th"
+            # A fine-tune continues a finished run "for N more epochs"; a run still going is no base.
+            path = self._finished_run_file("resume_from", "checkpoint.th")
             if not path.is_file():
                 raise TrainingError(f"{path}: run.resume_from names no checkpoint (has that run started?)")
             state = _read_state(path)
@@ -327,11 +332,7 @@ class Trainer:
             self.epoch, self.step = state["epoch"], state["step"]
             return f"resume_from {path} (epoch {self.epoch})"
         if run["init_from"] is not None:
-            path = run_path(self.cfg, run["init_from"])
-            if path.is_dir():
-                if not (path / "done").is_file():
-                    raise TrainingError(f"{path}: run.init_from names a run that has not finished (no 'done')")
-                path = path / "model.th"
+            path = self._finished_run_file("init_from", "model.th")
             try:
                 source = load_model(path, config=self.cfg)
             except CheckpointError as exc:
