@@ -1,0 +1,96 @@
+"""The filter's arithmetic and its record format, shared by ``filter.py`` and ``auto_filter.py``.
+
+The filter runs the model on one stem ``X`` (pitch-raised and sped up) and
+measures each of the four outputs; ``auto_filter`` calls ``X`` clean when its
+own output is much louder than the loudest of the other three:
+
+    volume_db(out) = 20 log10(sum |out|)            over all samples and channels
+    margin_db      = volume_db(out[X]) - max(volume_db(out[Y]), Y != X)
+    clean          = margin_db > threshold           (every output <= -80 dB: no decision)
+
+A stem is silent, and not run through the model, when
+``20 log10(mean |x|) < -80`` (its own audio stands in for all four outputs).
+
+``volumes.jsonl`` holds one JSON object per line and (track, stem)::
+
+    {"track": "t000", "stem": "vocals", "silent": false, "seconds": 20.0,
+     "volumes": {"drums": 12.3, "bass": 8.1, "other": 15.0, "vocals": 41.7}}
+
+A volume of an all-zero output is ``-Infinity`` (Python's json reads it back).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SILENT_DB = -80.0
+
+
+def _db(value: float) -> float:
+    return 20 * math.log10(value) if value > 0 else -math.inf
+
+
+def level_db(wav: np.ndarray) -> float:
+    """``20 log10(mean |x|)``: the silent rule's measure of one stem."""
+    return _db(float(np.abs(np.asarray(wav, dtype=np.float64)).mean()))
+
+
+def is_silent(wav: np.ndarray) -> bool:
+    return level_db(wav) < SILENT_DB
+
+
+def volume_db(wav: np.ndarray) -> float:
+    """``20 log10(sum |out|)`` over all samples and channels of one output."""
+    return _db(float(np.abs(np.asarray(wav, dtype=np.float64)).sum()))
+
+
+def margin_db(volumes: dict[str, float], stem: str) -> float | None:
+    """Own volume minus the loudest other; None when every output is at or below -80 dB."""
+    if all(v <= SILENT_DB for v in volumes.values()):
+        return None
+    others = max(v for source, v in volumes.items() if source != stem)
+    own = volumes[stem]
+    if own == others:  # also -inf == -inf; keeps inf - inf (nan) out
+        return 0.0
+    return own - others
+
+
+def is_clean(volumes: dict[str, float], stem: str, threshold: float) -> bool | None:
+    """The original's rule: margin strictly above ``threshold``; None (skipped) when all outputs are silent."""
+    margin = margin_db(volumes, stem)
+    return None if margin is None else margin > threshold
+
+
+def record(track: str, stem: str, volumes: dict[str, float], *, silent: bool, seconds: float) -> dict:
+    return {"track": track, "stem": stem, "silent": bool(silent), "seconds": float(seconds),
+            "volumes": {k: float(v) for k, v in volumes.items()}}
+
+
+def append_record(handle, rec: dict) -> None:
+    """Append one line and push it to disk, so a kill loses at most the line being written."""
+    handle.write(json.dumps(rec) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def read_records(path: str | os.PathLike) -> Iterator[dict]:
+    """The complete records of a volumes file; a torn last line (a killed writer) is left out."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                return  # the last line of a killed writer
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {number} is not a JSON record ({exc})") from None
+            if not {"track", "stem", "volumes"} <= set(rec):
+                raise ValueError(f"{path}: line {number} lacks track, stem or volumes")
+            yield rec
