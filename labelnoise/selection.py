@@ -1,0 +1,594 @@
+"""Which stems the filter calls clean: volumes -> per-source thresholds -> a stem-pool dataset.
+
+``filter.py`` measures the four outputs of the model run on every stem
+(``volumes.jsonl``, see ``labelnoise.volumes``); this module turns them into
+decisions and writes the dataset Part 2 trains on. ``auto_filter.py`` is its
+command line; the demo and tests call ``select`` directly::
+
+    from labelnoise.selection import select, read_selection
+    sel = select("filtered360", 6, 200, "20", data="data/labelnoise")
+    sel.thresholds, sel.kept, sel.metrics      # also in DEST/selection.json
+    read_selection(sel.dest)                    # the same, read back
+
+Where the volumes come from: ``OUTPUTS/volumes.jsonl`` when it exists; else
+the original code's WAVs ``OUTPUTS/{stem}/{track}/{source}.wav``, measured
+with ``volume_db`` and cached in ``OUTPUTS/volumns_{suffix}.json`` (the
+original's name and spelling; an entry is measured again when one of its four
+files changed size or mtime). With WAVs only, a stem counts as silent when its
+four outputs are equal and its own output is silent: the original filter wrote
+a silent stem's own audio as all four outputs.
+
+The threshold rule, one threshold per source, then the original's decision
+``margin > threshold`` (strict):
+
+- a number (dB): the same threshold for every source (the original: 20);
+- ``auto``: Otsu's split of that source's margins (the threshold between the
+  two groups that maximises the between-group variance, placed midway in the
+  gap). A source with fewer than ``AUTO_MIN_STEMS`` margins, or all equal, uses
+  Otsu's split of all sources' margins pooled instead (the report says so);
+  when even the pool is that small, it is an error: give a number;
+- ``keep_fraction F`` (overrides the number): the best ``round(F x n)`` stems
+  of each source by margin; the threshold lies midway between the last kept
+  and the first left out, and stems tied at that boundary are all left out,
+  so at most ``round(F x n)`` are kept.
+
+Stems the filter marked silent are never kept (their four outputs are the
+stem itself, so their margin is 0 and says nothing; with a threshold >= 0 this
+is the original's decision too) and take no part in ``auto`` and
+``keep_fraction``. Stems whose outputs are all at or below -80 dB are skipped
+(no decision), as in the original.
+
+Everything goes under DEST, the pool dataset root (training reads only
+``DEST/train``): ``labelnoise_track_clean_predicted_by_{suffix}.json``
+(``{stem: [track, ...]}``), ``train/{stem}/{track}.wav`` (copies, or hard links
+with ``link=True``; a copy where the file systems differ), ``selection.json``
+(settings, thresholds, counts, metrics) and the report (``filter_report``).
+DEST must not overlap the source dataset or the filter's output folders. A
+DEST made with other settings is refused; the same settings again skip the
+files already there and remove pool files no longer selected.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import SOURCES
+from . import filter_report
+from .atomic import atomic_path, write_json
+from .audio import AudioError, read_audio
+from .volumes import is_clean, is_silent, margin_db, read_records, volume_db
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+VOLUMES_FILE = "volumes.jsonl"
+SELECTION_FILE = "selection.json"
+DEFAULT_DATA = Path("data/labelnoise")  # configs/base.yaml data.root
+AUTO_MIN_STEMS = 8
+_CACHE_SAVE_SECONDS = 60.0
+# os.link failures after which a copy is made instead: another file system,
+# a file system without hard links, a protected or saturated inode.
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def suffix(model: str, key: int, speed: int) -> str:
+    return f"{model}_key{key}_speed{speed}"
+
+
+def default_outputs(sfx: str) -> Path:
+    return Path(f"evaluator_outputs_{sfx}")
+
+
+def default_dest(data: str | os.PathLike, sfx: str) -> Path:
+    """Next to the dataset: ``data/labelnoise`` -> ``data/labelnoise_clean_dataset_predicted_by_...``
+    (the ``data.root`` of configs/joint360.yaml and finetune.yaml)."""
+    return Path(data).parent / f"labelnoise_clean_dataset_predicted_by_{sfx}"
+
+
+def clean_json_name(sfx: str) -> str:
+    return f"labelnoise_track_clean_predicted_by_{sfx}.json"
+
+
+def cache_name(sfx: str) -> str:
+    return f"volumns_{sfx}.json"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the per-source thresholds are chosen: ``fixed`` (dB), ``auto`` (Otsu) or ``keep_fraction``."""
+    name: str
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, threshold: str | float | None = "20", keep_fraction: float | None = None) -> "Rule":
+        if keep_fraction is not None:
+            if not 0 < keep_fraction <= 1:
+                raise ValueError(f"keep fraction must be in (0, 1], got {keep_fraction}")
+            return cls("keep_fraction", float(keep_fraction))
+        if str(threshold).strip().lower() == "auto":
+            return cls("auto")
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"THRESHOLD must be a number of dB or 'auto', got {threshold!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"THRESHOLD must be finite, got {threshold!r}")
+        return cls("fixed", value)
+
+    def describe(self) -> str:
+        if self.name == "fixed":
+            return f"fixed {self.value:g} dB"
+        if self.name == "keep_fraction":
+            return f"keep the best {self.value:g} of each source by margin"
+        return "auto (Otsu's split of each source's margins)"
+
+
+@dataclass
+class Stem:
+    """One (track, stem) the filter measured, and what became of it."""
+    track: str
+    stem: str
+    volumes: dict[str, float]
+    silent: bool
+    margin: float | None  # None: every output at or below -80 dB (skipped, no decision)
+    kept: bool = False
+    label: dict | None = None  # the stem's entry of noise_labels.json, if any
+
+    @property
+    def eligible(self) -> bool:
+        """Takes part in thresholds and may be kept."""
+        return not self.silent and self.margin is not None
+
+    @property
+    def noisy(self) -> bool | None:
+        return None if self.label is None else bool(self.label.get("noisy"))
+
+    @property
+    def kind(self) -> str | None:
+        """The noise kind, ``"clean"`` for a clean label, None without a label."""
+        if self.label is None:
+            return None
+        return self.label.get("kind") or ("noisy" if self.noisy else "clean")
+
+
+@dataclass
+class Selection:
+    suffix: str
+    rule: Rule
+    outputs: Path
+    data: Path
+    dest: Path
+    volumes_from: str                   # "volumes.jsonl" or "wav"
+    stems: list[Stem]
+    thresholds: dict[str, float]
+    threshold_rules: dict[str, str]     # per source: which rule chose its threshold
+    counts: dict[str, dict[str, int]]   # per source: total, silent, skipped, eligible, kept, missing
+    kept: dict[str, list[str]]          # per source: the kept tracks
+    skipped_outputs: dict[str, str] = field(default_factory=dict)  # output folder -> why it was not read
+    labels: Path | None = None
+    metrics: dict | None = None         # precision/recall of "clean" (filter_report.metrics)
+    files: dict[str, int] = field(default_factory=dict)  # pool writes: copied, linked, existing, removed
+
+    def settings(self) -> dict:
+        return settings_of(self.suffix, self.rule, self.outputs, self.data)
+
+    def to_json(self, complete: bool = True) -> dict:
+        return {
+            "version": VERSION, "complete": complete, "settings": self.settings(),
+            "rule": self.rule.describe(), "thresholds": self.thresholds,
+            "threshold_rules": self.threshold_rules, "counts": self.counts, "kept": self.kept,
+            "volumes_from": self.volumes_from, "skipped_outputs": self.skipped_outputs,
+            "labels": None if self.labels is None else str(self.labels),
+            "metrics": self.metrics, "files": self.files,
+            "clean_json": clean_json_name(self.suffix),
+        }
+
+
+def settings_of(sfx: str, rule: Rule, outputs: Path, data: Path) -> dict:
+    """What must match for a re-run to reuse a destination."""
+    return {"suffix": sfx, "rule": rule.name, "value": rule.value,
+            "outputs": str(Path(outputs).resolve()), "data": str(Path(data).resolve())}
+
+
+def read_selection(dest: str | os.PathLike) -> dict:
+    path = Path(dest) / SELECTION_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; run auto_filter.py first") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+# ---------------------------------------------------------------- volumes
+
+def load_volumes(outputs: Path, sfx: str, *, sources=SOURCES, progress: bool = True,
+                 workers: int | None = None, save_cache: bool = True) -> tuple[list[dict], str, dict[str, str]]:
+    """The volume records of an outputs folder, where they came from, and the folders not read."""
+    outputs = Path(outputs)
+    jsonl = outputs / VOLUMES_FILE
+    if jsonl.is_file():
+        latest = {}
+        for rec in read_records(jsonl):
+            latest[(rec["track"], rec["stem"])] = rec  # a stem recorded twice: the last line wins
+        return list(latest.values()), VOLUMES_FILE, {}
+    if any((outputs / s).is_dir() for s in sources):
+        records, skipped = wav_volumes(outputs, sfx, sources=sources, progress=progress, workers=workers,
+                                       save_cache=save_cache)
+        return records, "wav", skipped
+    if not outputs.is_dir():
+        raise FileNotFoundError(f"{outputs}: outputs folder not found (run filter.py, or give --outputs)")
+    raise ValueError(f"{outputs}: has neither {VOLUMES_FILE} nor the {{stem}}/{{track}}/{{source}}.wav "
+                     "folders of a filter run")
+
+
+def _stamp(files: list[Path]) -> list[list[int]]:
+    return [[st.st_size, st.st_mtime_ns] for st in (f.stat() for f in files)]
+
+
+def _read_cache(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        cache = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it to measure the volumes again") from None
+    if not isinstance(cache, dict) or cache.get("version") != VERSION or "records" not in cache:
+        raise ValueError(f"{path}: not a volume cache of this project; move it away to measure the volumes again")
+    return {(r["stem"], r["track"]): r for r in cache["records"]}
+
+
+def _measure_folder(folder: Path, stem: str, sources) -> dict:
+    volumes, own = {}, None
+    for source in sources:
+        wav = read_audio(folder / f"{source}.wav", channels=None)
+        volumes[source] = volume_db(wav)
+        if source == stem:
+            own = wav
+    # The original filter wrote a silent stem's own audio as all four outputs.
+    silent = len(set(volumes.values())) == 1 and is_silent(own)
+    return {"track": folder.name, "stem": stem, "silent": bool(silent), "volumes": volumes}
+
+
+def wav_volumes(outputs: Path, sfx: str, *, sources=SOURCES, progress: bool = True,
+                workers: int | None = None, save_cache: bool = True) -> tuple[list[dict], dict[str, str]]:
+    """Measure ``OUTPUTS/{stem}/{track}/{source}.wav`` (the original code's outputs), with a cache."""
+    cache_path = outputs / cache_name(sfx)
+    cache = _read_cache(cache_path)
+    records, todo, skipped = {}, [], {}
+    for stem in sources:
+        if not (outputs / stem).is_dir():
+            continue
+        for folder in sorted(p for p in (outputs / stem).iterdir() if p.is_dir()):
+            files = [folder / f"{s}.wav" for s in sources]
+            absent = [f.name for f in files if not f.is_file()]
+            if absent:
+                skipped[str(folder)] = f"no {', '.join(absent)}"
+                continue
+            stamp = _stamp(files)
+            hit = cache.get((stem, folder.name))
+            if hit is not None and hit.get("stamp") == stamp:
+                records[(stem, folder.name)] = hit
+            else:
+                todo.append((stem, folder, stamp))
+    if todo:
+        log.info("measuring the outputs of %d stems in %s (%d cached)", len(todo), outputs, len(records))
+    last_save = time.monotonic()
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [(stem, folder, stamp, pool.submit(_measure_folder, folder, stem, sources))
+                   for stem, folder, stamp in todo]
+        for stem, folder, stamp, fut in tqdm(futures, desc="volumes", unit="stem", disable=not progress):
+            try:
+                rec = fut.result()
+            except AudioError as exc:  # a file the original's writer left half-written, say
+                skipped[str(folder)] = str(exc)
+                continue
+            rec["stamp"] = stamp
+            records[(stem, folder.name)] = rec
+            if save_cache and time.monotonic() - last_save > _CACHE_SAVE_SECONDS:  # a long measurement survives a kill
+                _write_cache(cache_path, sfx, records)
+                last_save = time.monotonic()
+    if save_cache and (todo or set(cache) != set(records)):
+        _write_cache(cache_path, sfx, records)
+    for folder, reason in skipped.items():
+        log.warning("skipped %s: %s", folder, reason)
+    return [records[k] for k in sorted(records)], skipped
+
+
+def _write_cache(path: Path, sfx: str, records: dict) -> None:
+    write_json(path, {"version": VERSION, "suffix": sfx, "records": [records[k] for k in sorted(records)]},
+               indent=None)
+
+
+def to_stems(records: list[dict], source_file: Path) -> list[Stem]:
+    stems = []
+    for rec in records:
+        volumes = {k: float(v) for k, v in rec["volumes"].items()}
+        if rec["stem"] not in volumes:
+            raise ValueError(f"{source_file}: the record of {rec['track']}/{rec['stem']} has no "
+                             f"{rec['stem']} output (outputs: {', '.join(volumes)})")
+        stems.append(Stem(rec["track"], rec["stem"], volumes, bool(rec.get("silent", False)),
+                          margin_db(volumes, rec["stem"])))
+    return sorted(stems, key=lambda s: (s.stem, s.track))
+
+
+# ---------------------------------------------------------------- thresholds
+
+def _finite(values) -> np.ndarray:
+    """Margins with +-inf moved just past the finite ones (order kept, arithmetic possible)."""
+    v = np.asarray(values, dtype=np.float64)
+    fin = v[np.isfinite(v)]
+    lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
+    return np.where(v == np.inf, hi + 1.0, np.where(v == -np.inf, lo - 1.0, v))
+
+
+def otsu_threshold(values) -> float | None:
+    """Otsu's split of a set of numbers: midway in the gap that maximises the between-group variance.
+
+    Exact over the sorted values (no histogram bins); None for fewer than two distinct values.
+    """
+    v = np.sort(_finite(values))
+    n = v.size
+    if n < 2 or v[0] == v[-1]:
+        return None
+    k = np.arange(1, n)                       # the lower group is v[:k]
+    csum = np.cumsum(v)[:-1]
+    mean_low = csum / k
+    mean_high = (v.sum() - csum) / (n - k)
+    between = (k / n) * (1 - k / n) * (mean_low - mean_high) ** 2
+    between[v[k] == v[k - 1]] = -1.0          # no split inside a run of equal values
+    best = int(np.argmax(between)) + 1
+    return float((v[best - 1] + v[best]) / 2)
+
+
+def keep_fraction_threshold(values, fraction: float) -> float:
+    """A threshold keeping (with ``margin > threshold``) the best ``round(fraction x n)`` values."""
+    v = np.sort(_finite(values))
+    n = v.size
+    if n == 0:
+        return 0.0
+    keep = int(math.floor(fraction * n + 0.5))
+    if keep >= n:
+        return float(v[0] - 1.0)
+    if keep == 0:
+        return float(v[-1])
+    lowest_kept, highest_left = v[n - keep], v[n - keep - 1]
+    if lowest_kept == highest_left:  # a tie at the boundary: all of it left out
+        return float(lowest_kept)
+    return float((lowest_kept + highest_left) / 2)
+
+
+def choose_thresholds(stems: list[Stem], rule: Rule, sources=SOURCES) -> tuple[dict, dict]:
+    """Per-source thresholds and, per source, the words saying which rule chose it."""
+    margins = {s: [st.margin for st in stems if st.stem == s and st.eligible] for s in sources}
+    if rule.name == "fixed":
+        return {s: rule.value for s in sources}, {s: "fixed" for s in sources}
+    if rule.name == "keep_fraction":
+        return ({s: keep_fraction_threshold(margins[s], rule.value) for s in sources},
+                {s: f"keep fraction {rule.value:g}" for s in sources})
+    thresholds, rules, pooled = {}, {}, None
+    for s in sources:
+        value = otsu_threshold(margins[s]) if len(margins[s]) >= AUTO_MIN_STEMS else None
+        if value is not None:
+            thresholds[s], rules[s] = value, f"otsu over {len(margins[s])} {s} stems"
+            continue
+        if pooled is None:
+            everything = [m for ms in margins.values() for m in ms]
+            pooled = otsu_threshold(everything) if len(everything) >= AUTO_MIN_STEMS else None
+            if pooled is None:
+                raise ValueError(f"THRESHOLD auto: only {len(everything)} stems have a margin "
+                                 f"(Otsu needs {AUTO_MIN_STEMS} with two distinct values); give a number of dB")
+        thresholds[s] = pooled
+        rules[s] = f"otsu over all sources pooled ({s} has {len(margins[s])} stems, needs {AUTO_MIN_STEMS})"
+    return thresholds, rules
+
+
+def decide(stems: list[Stem], thresholds: dict[str, float]) -> None:
+    """The original's rule (``volumes.is_clean``: margin strictly above), silent stems never kept."""
+    for st in stems:
+        st.kept = (not st.silent) and bool(is_clean(st.volumes, st.stem, thresholds[st.stem]))
+
+
+# ---------------------------------------------------------------- paths and labels
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_paths(data: Path, outputs: Path, dest: Path, sources=SOURCES) -> None:
+    """DEST never overlaps the source dataset or the filter's stem folders."""
+    data_r, dest_r, out_r = data.resolve(), dest.resolve(), outputs.resolve()
+    if _inside(dest_r, data_r) or _inside(data_r, dest_r):
+        raise ValueError(f"{dest}: the destination overlaps the source dataset {data}; "
+                         "choose a --dest outside it (the source dataset is never written to)")
+    if _inside(out_r, dest_r) or any(_inside(dest_r, out_r / s) for s in sources):
+        raise ValueError(f"{dest}: the destination overlaps the filter's outputs {outputs}; choose another --dest")
+
+
+def check_dest(dest: Path, settings: dict) -> dict | None:
+    """The previous selection.json of DEST (None for a new or empty DEST); other settings are an error."""
+    if not dest.exists():
+        return None
+    if not dest.is_dir():
+        raise ValueError(f"{dest}: exists and is not a folder; choose another --dest")
+    path = dest / SELECTION_FILE
+    if not path.exists():
+        if any(dest.iterdir()):
+            raise ValueError(f"{dest}: exists, is not empty and has no {SELECTION_FILE} "
+                             "(not made by auto_filter.py); choose another --dest")
+        return None
+    previous = read_selection(dest)
+    old = previous.get("settings", {})
+    differ = [k for k in settings if old.get(k) != settings[k]]
+    if differ:
+        what = "; ".join(f"{k}: {old.get(k)!r} there, {settings[k]!r} now" for k in differ)
+        raise ValueError(f"{path}: {dest} was made with other settings ({what}); "
+                         "choose another --dest or delete that folder")
+    return previous
+
+
+def load_labels(path: Path) -> dict:
+    """noise_labels.json of labelnoise.synth: ``{track: {stem: {"noisy": bool, "kind": ...}}}``."""
+    try:
+        labels = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: labels file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(labels, dict) or not all(isinstance(t, dict) for t in labels.values()):
+        raise ValueError(f"{path}: expected {{track: {{stem: {{\"noisy\": bool, ...}}}}}}")
+    for track, entries in labels.items():
+        for stem, entry in entries.items():
+            if not isinstance(entry, dict) or "noisy" not in entry:
+                raise ValueError(f"{path}: the label of {track}/{stem} has no 'noisy' field")
+    return labels
+
+
+def dataset_stems(data: Path, sources=SOURCES) -> set[tuple[str, str]]:
+    """(track, stem) of every stem file of a track-folder dataset."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: dataset folder not found (give --data, the folder the filter ran on)")
+    return {(t.name, s) for t in data.iterdir() if t.is_dir() for s in sources if (t / f"{s}.wav").is_file()}
+
+
+# ---------------------------------------------------------------- the pool
+
+def _place(src: Path, dst: Path, link: bool) -> str:
+    """Copy (or hard-link) one stem through a temporary name; returns "copied" or "linked"."""
+    with atomic_path(dst) as tmp:
+        if link:
+            tmp.unlink()
+            try:
+                os.link(src, tmp)
+                return "linked"
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+        shutil.copyfile(src, tmp)
+        st = src.stat()
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # a re-run recognises the copy by size and mtime
+        return "copied"
+
+
+def _already_there(src: Path, dst: Path) -> bool:
+    try:
+        a, b = src.stat(), dst.stat()
+    except FileNotFoundError:
+        return False
+    return ((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+            or (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns))
+
+
+def write_pool(data: Path, dest: Path, kept: dict[str, list[str]], *, link: bool = False,
+               progress: bool = True) -> dict[str, int]:
+    """``DEST/train/{stem}/{track}.wav`` for every kept stem; pool files no longer kept are removed."""
+    counts = {"copied": 0, "linked": 0, "existing": 0, "removed": 0}
+    pairs = [(stem, track) for stem, tracks in kept.items() for track in tracks]
+    for stem in kept:
+        folder = dest / "train" / stem
+        if not folder.is_dir():
+            continue
+        wanted = {f"{t}.wav" for t in kept[stem]}
+        for f in folder.iterdir():
+            # Leftovers of an earlier selection, or temporary files of a killed one.
+            if f.is_file() and (f.name.startswith(".") or (f.suffix == ".wav" and f.name not in wanted)):
+                f.unlink()
+                counts["removed"] += 1
+    link_refused = False
+    for stem, track in tqdm(pairs, desc="pool", unit="file", disable=not progress):
+        src, dst = data / track / f"{stem}.wav", dest / "train" / stem / f"{track}.wav"
+        if _already_there(src, dst):
+            counts["existing"] += 1
+            continue
+        how = _place(src, dst, link and not link_refused)
+        if link and how == "copied" and not link_refused:
+            log.warning("hard links refused from %s to %s; copying instead", data, dest)
+            link_refused = True
+        counts[how] += 1
+    return counts
+
+
+# ---------------------------------------------------------------- the whole step
+
+def select(model: str, key: int, speed: int, threshold: str | float | None = "20", *,
+           keep_fraction: float | None = None, outputs=None, data=None, dest=None,
+           labels=None, link: bool = False, dry_run: bool = False, report: bool = True,
+           progress: bool = True, sources=SOURCES) -> Selection:
+    """Read the filter's volumes, choose thresholds, decide, and write DEST (nothing with ``dry_run``)."""
+    sfx = suffix(model, key, speed)
+    rule = Rule.parse(threshold, keep_fraction)
+    data = Path(data) if data is not None else DEFAULT_DATA
+    outputs = Path(outputs) if outputs is not None else default_outputs(sfx)
+    dest = Path(dest) if dest is not None else default_dest(data, sfx)
+    if labels is None and (data / "noise_labels.json").is_file():
+        labels = data / "noise_labels.json"
+    labels = None if labels is None else Path(labels)
+
+    check_paths(data, outputs, dest, sources)
+    present = dataset_stems(data, sources)
+    settings = settings_of(sfx, rule, outputs, data)
+    if not dry_run:
+        check_dest(dest, settings)
+    label_map = load_labels(labels) if labels is not None else {}
+
+    # The cache is not written where it would land inside the source dataset.
+    records, volumes_from, skipped_outputs = load_volumes(
+        outputs, sfx, sources=sources, progress=progress,
+        save_cache=not _inside(outputs.resolve(), data.resolve()))
+    origin = outputs / (VOLUMES_FILE if volumes_from == VOLUMES_FILE else cache_name(sfx))
+    stems = [st for st in to_stems(records, origin) if st.stem in sources]
+    if not stems:
+        raise ValueError(f"{outputs}: no stem has been measured yet")
+    for st in stems:
+        st.label = label_map.get(st.track, {}).get(st.stem)
+    thresholds, threshold_rules = choose_thresholds(stems, rule, sources)
+    decide(stems, thresholds)
+
+    measured = {(st.track, st.stem) for st in stems}
+    absent = sorted(measured - present)
+    if absent:
+        track, stem = absent[0]
+        raise ValueError(f"{data / track / (stem + '.wav')}: measured by the filter but not in the dataset "
+                         f"({len(absent)} such stems); is --data the folder the filter ran on?")
+    kept = {s: sorted(st.track for st in stems if st.stem == s and st.kept) for s in sources}
+    counts = {}
+    for s in sources:
+        mine = [st for st in stems if st.stem == s]
+        counts[s] = {"total": len(mine), "silent": sum(st.silent for st in mine),
+                     "skipped": sum(st.margin is None and not st.silent for st in mine),
+                     "eligible": sum(st.eligible for st in mine), "kept": len(kept[s]),
+                     "missing": sum(1 for t, x in present if x == s and (t, x) not in measured)}
+    sel = Selection(sfx, rule, outputs, data, dest, volumes_from, stems, thresholds, threshold_rules,
+                    counts, kept, skipped_outputs, labels,
+                    filter_report.metrics(stems, sources, thresholds) if label_map else None)
+    for s in sources:
+        c = counts[s]
+        log.info("%-7s kept %4d of %4d (threshold %.2f dB, %s; %d silent, %d all outputs quiet, %d not measured)",
+                 s, c["kept"], c["total"], thresholds[s], threshold_rules[s], c["silent"], c["skipped"], c["missing"])
+        if c["kept"] == 0:
+            log.warning("%s: no stem kept; a pool without %s cannot be trained on", s, s)
+    if dry_run:
+        return sel
+
+    # selection.json first (complete: false): a killed run leaves a DEST that the same settings resume.
+    write_json(dest / SELECTION_FILE, sel.to_json(complete=False))
+    write_json(dest / clean_json_name(sfx), kept)
+    sel.files = write_pool(data, dest, kept, link=link, progress=progress)
+    if report:
+        filter_report.write_report(sel)
+    write_json(dest / SELECTION_FILE, sel.to_json(complete=True))
+    log.info("pool %s: %d copied, %d linked, %d already there, %d removed", dest / "train",
+             sel.files["copied"], sel.files["linked"], sel.files["existing"], sel.files["removed"])
+    return sel
