@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 SYSTEM_PYTHON ?= python3
 PYTEST_ARGS ?=
+# make demo DEMO_ARGS="--tracks 64 --seconds 30 --epochs-scale 4 --device cuda" (python -m labelnoise.demo --help)
+DEMO_ARGS ?=
 
-.PHONY: install test clean-venv
+.PHONY: install test demo clean-venv
 
 install: $(VENV)/.installed
 
@@ -26,5 +28,25 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole method on synthetic data, about 15 minutes on 2 CPU cores; report in runs/demo/report.html.
+demo: install
+	$(PY) -m labelnoise.demo $(DEMO_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
+
+# The method's two parts (labelnoise/pipeline.py holds the stage order), here one stage after the
+# other, or as chains of SLURM jobs (docs/CLUSTER.md). PIPELINE_ARGS go to each:
+# make part1 PIPELINE_ARGS="--preset tiny --nproc 2"; make slurm-part1 PIPELINE_ARGS="--from step2".
+PIPELINE_ARGS ?=
+.PHONY: part1 part2 slurm-part1 slurm-part2 slurm-test
+
+part1 part2: install
+	$(PY) -m labelnoise.pipeline run $@ $(PIPELINE_ARGS)
+
+slurm-part1 slurm-part2: install
+	bash slurm/$(subst slurm-,,$@).sh $(PIPELINE_ARGS)
+
+# The SLURM scripts on a one-node Slurm started for the tests (root; installs slurm-wlm with apt).
+slurm-test: install
+	$(PY) -m pytest tests/test_slurm.py $(PYTEST_ARGS)
