@@ -13,7 +13,9 @@ tempo gauss(0, 5) % clipped to 12 %). Columns, all on one thread:
   vocoder runs on a GPU).
 
 CPU time counts this process and its children (the CLI). Then per-stem costs
-of each repitch engine (and the vocoder on CUDA when there is one).
+of each repitch engine (and the vocoder on CUDA when there is one), from a
+few calls; ``bench/vocoder_speed.py`` times the vocoder against Rubber Band
+with alternating repeats and medians (the figures in docs/BENCHMARKS.md).
 
 Command::
 

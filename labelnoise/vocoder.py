@@ -12,21 +12,34 @@ is made, per row, in one STFT and one ISTFT (``f = 2 ** (semitones / 12)``):
    (centred on output sample ``j * out_hop``) finds its content: input
    sample ``j * gap``, ``gap = out_hop * tempo`` rounded to whole samples
    (tempo within 0.15 %), so the frames are a strided view of the input;
+   ``out_hop`` makes the shorter of the two frame lengths overlap 3 times
+   (``n_fft / hop``), the longer one more;
 2. phase vocoder: each bin's frequency comes from the phase change between
    consecutive analysis frames; output phases advance at that frequency
    times ``f`` and are locked to the spectral peak each bin belongs to. All
    this only decides one rotation per bin, applied to the analysis spectrum
    as a complex product (no magnitudes, one atan2, one cos and sin per bin);
    with ``stereo=True`` it is computed once from the channels' sum and turns
-   every channel, which keeps the stereo image and halves the phase work;
+   every channel, which keeps the stereo image and halves the phase work.
+   Bins that would land above the output's Nyquist (pitch up) are dropped
+   before any of it;
 3. each frame goes back through an inverse FFT of ``n_out`` points, which
    resamples it by ``n_in / n_out ~= f`` (the pitch change), and frames are
    overlap-added ``out_hop`` apart.
 
 Sizes come from :func:`frame_sizes` (fast FFT lengths, pitch within 1 cent).
 Rows that share a pitch share sizes, so a batch is processed in at most one
-group per distinct semitone value. Samples and spectra are float32 (autocast
-off); only per-frame phase offsets are reduced mod 2 pi in float64.
+group per distinct semitone value. Frames go through buffers reused from step
+to step (see :func:`_repitch_group`): on a GPU all items of a group at once,
+``BATCH_FRAMES_PER_STEP`` frames per step; on a CPU one item at a time,
+``FRAMES_PER_STEP`` frames per step. Samples and spectra are
+float32 (autocast off); only per-frame and per-bin phase offsets are reduced
+mod 2 pi in float64.
+
+Three overlaps, not the usual four: on synthetic stems scored against an
+ideal reference (the same notes made in the new key and tempo,
+``bench/vocoder_quality.py``) four scored no better, and three do a quarter
+less work at a pitch rise; docs/BENCHMARKS.md has the figures.
 
     >>> y = repitch(wav, semitones=torch.tensor([2., -1.]), tempo=torch.tensor([1.05, 0.9]))
     >>> stems = repitch(batch_nct, semis[:, None], tempo[:, None], stereo=True)  # (N, C, T)
@@ -42,6 +55,8 @@ __all__ = ["time_stretch", "pitch_shift", "repitch", "frame_sizes", "default_n_f
 
 N_FFT = 2048  # ~46 ms at 44.1 kHz: long enough for bass partials, short enough for drums
 TWO_PI = 2 * math.pi
+FRAMES_PER_STEP = 64  # on a CPU, one item at a time: a step's spectra (~0.5 MB each) stay in cache
+BATCH_FRAMES_PER_STEP = 8192  # on a GPU, over all items of a pass: ~1 GB of buffers at n_fft 2048
 
 
 def default_n_fft(samplerate: int) -> int:
@@ -74,7 +89,9 @@ def repitch(wav: torch.Tensor, semitones, tempo, *, length: int | None = None,
     broadcastable to ``wav.shape[:-1]``. Returns ``(..., length)`` float32 on
     ``wav``'s device; ``length`` defaults to ``int(T / max(tempo))``. A row
     asking for more than its content gives silence past the end. ``hop`` is
-    the analysis hop at unchanged pitch (``n_fft // 4`` by default).
+    the hop at unchanged pitch (``n_fft // 3`` by default); with a pitch
+    change, the shorter of the analysis and synthesis frames keeps the
+    overlap ``n_fft / hop``.
 
     With ``stereo`` the dim before time holds the channels of one signal
     (``(..., C, T)``): their phases move by one rotation, computed once from
@@ -87,7 +104,7 @@ def repitch(wav: torch.Tensor, semitones, tempo, *, length: int | None = None,
     if wav.dim() < (2 if stereo else 1):
         raise ValueError(f"repitch: expected a tensor ({'..., C, ' if stereo else '..., '}T), "
                          f"got shape {tuple(wav.shape)}")
-    hop = n_fft // 4 if hop is None else hop
+    hop = n_fft // 3 if hop is None else hop
     if not 0 < hop <= n_fft // 2:
         raise ValueError(f"repitch: hop {hop} must be in [1, n_fft / 2 = {n_fft // 2}]")
     lead, T = wav.shape[:-1], wav.shape[-1]
@@ -104,7 +121,7 @@ def repitch(wav: torch.Tensor, semitones, tempo, *, length: int | None = None,
     semis, tempo = semis[:, 0], tempo[:, 0]
     if length is None:
         length = int(T / float(tempo.max())) if tempo.numel() else T
-    out = items.new_zeros(items.shape[0], C, length)
+    out = items.new_empty(items.shape[0], C, length)
     if items.shape[0] == 0 or length == 0:
         return out.reshape(*lead, length)
 
@@ -112,16 +129,13 @@ def repitch(wav: torch.Tensor, semitones, tempo, *, length: int | None = None,
     identity = (semis == 0) & (tempo == 1)
     keep = min(length, T)
     out[identity, :, :keep] = items[identity, :, :keep]
+    out[identity, :, keep:] = 0
     todo = ~identity
-    # On a CPU, one stereo stem (two rows) at a time keeps the spectrogram
-    # temporaries in cache: a whole batch's would be paged in and out.
-    chunk = None if device.type != "cpu" else max(1, 2 // C)
     with torch.autocast(device_type=device.type, enabled=False):
         # One pass per distinct pitch: the synthesis frame length depends on it.
         for semi in torch.unique(semis[todo]).tolist():
             group = (todo & (semis == semi)).nonzero().flatten()
-            for part in group.split(chunk or group.numel()):
-                out[part] = _repitch_items(items[part], semi, tempo[part], length, n_fft, hop)
+            _repitch_group(items, group, semi, tempo, length, n_fft, hop, out)
     return out.reshape(*lead, length)
 
 
@@ -160,7 +174,7 @@ def _plan(semitones: float, n_fft: int, hop: int, device: torch.device):
     """``(n_in, n_out, out_hop, blocks, pitch, ana_window, syn_window)`` of one pitch."""
     n_in, n_out = frame_sizes(semitones, n_fft)
     pitch = n_in / n_out
-    out_hop = max(1, round(hop * n_out / n_fft))  # the overlap n_fft / hop, kept
+    out_hop = max(1, round(hop * min(n_in, n_out) / n_fft))  # the shorter frame overlaps n_fft / hop times
     blocks = -(-n_out // out_hop)
     ana = torch.hann_window(n_in, device=device)
     # irfft divides by n_out, not by the n_in of the forward FFT: undo the gain of n_in / n_out.
@@ -168,14 +182,24 @@ def _plan(semitones: float, n_fft: int, hop: int, device: torch.device):
     return n_in, n_out, out_hop, blocks, pitch, ana, syn
 
 
-def _repitch_items(x, semi, tempo, length, n_fft, hop):
-    """``x (I, C, T)`` at one pitch, ``tempo (I,)`` -> ``(I, C, length)``: one STFT, one ISTFT.
+def _repitch_group(items, group, semi: float, tempo, length: int, n_fft: int, hop: int, out,
+                   one_by_one: bool | None = None):
+    """``items[group] (I, C, T)`` at one pitch, ``tempo[group]``, written to ``out[group] (I, C, length)``.
 
-    The phase work runs once per item, on the sum of its C channels (the
-    mid), and its result, one unit rotation per bin, turns every channel.
+    One STFT and one ISTFT; the phase work runs once per item, on the sum of
+    its C channels (the mid), and its result, one unit rotation per bin,
+    turns every channel. Frames go through buffers allocated once per
+    group, a step of frames at a time, the running phase carried from step
+    to step. On a GPU the whole group is one pass, in steps of
+    BATCH_FRAMES_PER_STEP frames over all its items (a bound on memory). On
+    a CPU items go one at a time, FRAMES_PER_STEP frames per step: there a
+    fresh tensor costs more in page faults than the arithmetic written into
+    it, and a step's buffers stay in cache (``one_by_one`` overrides the
+    choice of device).
     """
-    I, C, T = x.shape
-    device = x.device
+    _, C, T = items.shape
+    device = items.device
+    one_by_one = device.type == "cpu" if one_by_one is None else one_by_one
     n_in, n_out, out_hop, blocks, pitch, ana, syn = _plan(float(semi), n_fft, hop, device)
     half, F = n_in // 2, n_in // 2 + 1
     # Output frame j is centred on output sample j * out_hop and reads the
@@ -184,129 +208,150 @@ def _repitch_items(x, semi, tempo, length, n_fft, hop):
     # constant hop makes the analysis frames a strided view of the input.
     # Frames run until half a frame past `length`; past the input they read zeros.
     J = -(-(length + n_out // 2) // out_hop) + 1
-    gap = (tempo.double() * out_hop).round_().clamp_(min=1)  # (I,)
-    g = gap.long()
-    pad_end = max(n_in, int(g.max()) * (J - 1) + n_in - T - half)
-    padded = torch.nn.functional.pad(x, (half, pad_end))
-    if bool((g == g[0]).all()):
-        frames = padded.unfold(-1, n_in, int(g[0]))[:, :, :J] * ana
-    else:  # one view per hop would need a loop: gather the frames instead
-        centre = torch.arange(J, device=device) * g[:, None, None]  # (I, 1, J)
-        frames = padded.unfold(-1, n_in, 1)[torch.arange(I, device=device)[:, None, None],
-                                            torch.arange(C, device=device)[:, None], centre].mul_(ana)
-    spec = torch.fft.rfft(frames, dim=-1)  # (I, C, J, F)
-    del frames, padded
-    # The mid's real and imaginary parts, (I, J, F) each: contiguous, as
-    # strided elementwise math is slow on a CPU.
-    if C == 1:
-        re, im = spec.real[:, 0].contiguous(), spec.imag[:, 0].contiguous()
-    elif C == 2:
-        re, im = spec.real[:, 0] + spec.real[:, 1], spec.imag[:, 0] + spec.imag[:, 1]
+    gaps = (tempo[group].double() * out_hop).round_().clamp_(min=1)  # (items in group,)
+    pad_end = max(n_in, int(gaps.max()) * (J - 1) + n_in - T - half)
+    if one_by_one:  # slices: views of the input and the output
+        steps = [(slice(i, i + 1), gaps[n:n + 1]) for n, i in enumerate(group.tolist())]
     else:
-        re, im = spec.real.sum(dim=1), spec.imag.sum(dim=1)
-    # Its power, between two bins of -1 (the peak search in _at_peaks reads neighbours).
-    power = re.new_empty(I, J, F + 2)
-    power[..., 0] = power[..., -1] = -1.0
-    torch.addcmul(re * re, im, im, out=power[..., 1:-1])
-
-    # The output phase of a bin is its analysis phase plus a rotation `rot`.
-    # Phase vocoder: output phases advance at each bin's own frequency times
-    # `pitch` over out_hop, analysis phases by that frequency over `gap`; the
-    # frequency is the bin centre plus `dev / gap`, dev being the phase change
-    # between consecutive analysis frames past the centre's, wrapped to
-    # (-pi, pi]. Over frame j, for bin k:
-    #   rot_j - rot_{j-1} = [out_hop 2 pi k / n_out + pitch out_hop / gap dev] - [gap 2 pi k / n_in + dev]
-    # The bin-centre terms sum to 2 pi k j (out_hop / n_out - gap / n_in),
-    # reduced mod 1 in float64 per frame; only (pitch out_hop / gap - 1) dev is summed.
-    k = torch.arange(F, device=device, dtype=torch.float32)
-    # Phase change from frame j-1 to j: the angle of X_j conj(X_{j-1}), in real arithmetic.
-    zr = torch.addcmul(re[:, 1:] * re[:, :-1], im[:, 1:], im[:, :-1])
-    zi = torch.addcmul(im[:, 1:] * re[:, :-1], re[:, 1:], im[:, :-1], value=-1.0)
-    del re, im
-    # dev is written into the buffer the running sum over frames is made in
-    # (see _cumsum_frames): a zero first frame, padding to whole blocks.
-    block = 32
-    acc = zr.new_empty(I, -(-J // block) * block, F)
-    acc[:, 0] = 0
-    acc[:, J:] = 0
-    dev = torch.atan2(zi, zr, out=acc[:, 1:J])
-    del zr, zi
-    gap_turn = ((gap / n_in).frac_() * TWO_PI).float()[:, None, None]  # gap 2 pi / n_in mod 2 pi
-    dev.addcmul_(gap_turn, k, value=-1.0)
-    dev -= TWO_PI * torch.round(dev * (1 / TWO_PI))
-    scale = ((pitch * out_hop) / gap - 1).float()  # (I,): applied inside the running sum
-    frame_turn = torch.arange(J, device=device, dtype=torch.float64) * (out_hop / n_out - gap[:, None] / n_in)
-    frame_turn = (frame_turn.frac_() * TWO_PI).float()[..., None]  # (I, J, 1)
-    # Identity phase locking (_at_peaks) reads rot between two zero bins.
-    rot = power.new_empty(I, J, F + 2)
-    rot[..., 0] = rot[..., -1] = 0.0
-    torch.addcmul(_cumsum_frames(acc, scale, J, block), frame_turn, k, out=rot[..., 1:-1])  # frame 0: no turn
-    del dev, acc
-
-    # Identity phase locking: each bin keeps its analysis phase offset to the
-    # peak it belongs to, so takes that peak's rotation.
-    rot = _at_peaks(rot, power)
-    del power
-    turn = torch.complex(torch.cos(rot), torch.sin(rot))
-    del rot
-    spec.mul_(turn[:, None])
-    del turn
-
-    # Inverse FFT at n_out: each frame resampled by `pitch` on the way out,
-    # then windowed and overlap-added block by block (out_hop samples each).
-    wave = torch.fft.irfft(spec, n=n_out, dim=-1)  # (I, C, J, n_out)
-    del spec
+        steps = [(group, gaps)]
+    I = 1 if one_by_one else group.numel()
+    S = min(J, FRAMES_PER_STEP if one_by_one else max(FRAMES_PER_STEP, BATCH_FRAMES_PER_STEP // I))
     R = I * C
-    wave = wave.reshape(R, J, n_out)
-    buf = wave.new_empty(R, J + blocks - 1, out_hop)
-    buf[:, J:] = 0
-    env = wave.new_zeros(J + blocks - 1, out_hop)
-    # Analysis window (resampled to n_out: a Hann window of n_out) times synthesis window.
-    wsq = (syn * pitch) ** 2
-    for b in range(blocks):  # frame j covers blocks j .. j + blocks - 1
-        cut = slice(b * out_hop, min((b + 1) * out_hop, n_out))
-        w = cut.stop - cut.start
-        if b == 0:
-            buf[:, :J, :w].copy_(wave[:, :, cut]).mul_(syn[cut])
-            buf[:, :J, w:] = 0
-        else:
-            buf[:, b:b + J, :w].addcmul_(wave[:, :, cut], syn[cut])
-        env[b:b + J, :w] += wsq[cut]
-    del wave
+    # Bins past n_out / 2 would land above the output's Nyquist (pitch up):
+    # only Fs bins are synthesised, and the phase work covers Fw = Fs + 2,
+    # the two more that phase locking reads.
+    Fs = min(F, n_out // 2 + 1)
+    Fw = min(F, Fs + 2)
+    k = torch.arange(Fw, device=device, dtype=torch.float64)
+
+    new = lambda *shape: items.new_empty(*shape)
+    padded = items.new_zeros(I, C, half + T + pad_end)  # the input between zeros
+    windowed = new(I, C, S, n_in)
+    # The mid's real and imaginary parts, row 0 holding the previous step's
+    # last frame, contiguous (strided elementwise math is slow on a CPU).
+    mid_re, mid_im = new(I, S + 1, Fw), new(I, S + 1, Fw)
+    z_re, z_im, dev, total = new(I, S, Fw), new(I, S, Fw), new(I, S, Fw), new(I, S, Fw)
+    # Power and rotation between two border bins each, which the peak search
+    # of _at_peaks reads: power -1 (below any), rotation 0.
+    power, rot = new(I, S, Fw + 2), new(I, S, Fw + 2)
+    power[..., 0] = power[..., -1] = -1.0
+    rot[..., 0] = rot[..., -1] = 0.0
+    peak_buffers = [new(I, S, Fw) for _ in range(3)]
+    cos, sin = new(I, S, Fs), new(I, S, Fs)
+    turn = items.new_empty(I, S, Fs, dtype=torch.complex64)
+    carry = new(I, 1, Fw)  # running sum of dev over the frames before the step
+    # Overlap-add target: frame j covers blocks j .. j + blocks - 1 of out_hop samples.
+    sums = new(R, J + blocks - 1, out_hop)
+    env = _envelope(n_out, out_hop, blocks, J, syn * pitch)
     start = n_out // 2  # frame 0's centre is output sample 0
-    buf = buf.reshape(R, -1)[:, start:start + length]
-    return buf.div_(env.reshape(-1)[start:start + length].clamp(min=1e-3)).reshape(I, C, length)
+
+    for rows, gap in steps:
+        g = gap.long()
+        padded[..., half:half + T] = items[rows]
+        if bool((g == g[0]).all()):
+            frames = padded.unfold(-1, n_in, int(g[0]))  # (I, C, >= J, n_in), a view
+            frames_at = lambda j0, n: frames[:, :, j0:j0 + n]
+        else:  # one view per hop would need a loop: gather the frames instead
+            every = padded.unfold(-1, n_in, 1)
+            at = torch.arange(I, device=device)[:, None, None], torch.arange(C, device=device)[:, None]
+            frames_at = lambda j0, n: every[at[0], at[1], torch.arange(j0, j0 + n, device=device) * g[:, None, None]]
+
+        # The output phase of a bin is its analysis phase plus a rotation `rot`.
+        # Phase vocoder: output phases advance at each bin's own frequency times
+        # `pitch` over out_hop, analysis phases by that frequency over `gap`; the
+        # frequency is the bin centre plus `dev / gap`, dev being the phase change
+        # between consecutive analysis frames past the centre's, wrapped to
+        # [-pi, pi]. Over frame j, for bin k:
+        #   rot_j - rot_{j-1} = [out_hop 2 pi k / n_out + pitch out_hop / gap dev] - [gap 2 pi k / n_in + dev]
+        # The bin-centre terms sum to 2 pi k j (out_hop / n_out - gap / n_in),
+        # reduced mod 1 in float64 per frame; only (pitch out_hop / gap - 1) dev is summed.
+        centre_turn = ((gap[:, None, None] * k / n_in).frac_() * TWO_PI).float()  # (I, 1, Fw), in [0, 2 pi)
+        scale = ((pitch * out_hop) / gap - 1).float()[:, None, None]
+        frame_turn = torch.arange(J, device=device, dtype=torch.float64) * (out_hop / n_out - gap[:, None] / n_in)
+        frame_turn = (frame_turn.frac_() * TWO_PI).float()[..., None]  # (I, J, 1)
+        k32 = k.float()
+        carry.zero_()
+        sums.zero_()
+
+        for j0 in range(0, J, S):
+            n = min(S, J - j0)
+            sp = torch.fft.rfft(torch.mul(frames_at(j0, n), ana, out=windowed[:, :, :n]), dim=-1)  # (I, C, n, F)
+            used = sp[..., :Fw]
+            re, im = mid_re[:, 1:n + 1], mid_im[:, 1:n + 1]
+            if C == 1:
+                re.copy_(used.real[:, 0])
+                im.copy_(used.imag[:, 0])
+            elif C == 2:
+                torch.add(used.real[:, 0], used.real[:, 1], out=re)
+                torch.add(used.imag[:, 0], used.imag[:, 1], out=im)
+            else:
+                torch.sum(used.real, dim=1, out=re)
+                torch.sum(used.imag, dim=1, out=im)
+            if j0 == 0:  # frame 0 against itself: no phase change
+                mid_re[:, 0], mid_im[:, 0] = mid_re[:, 1], mid_im[:, 1]
+            pw = power[:, :n]
+            torch.mul(re, re, out=pw[..., 1:-1]).addcmul_(im, im)
+            # Phase change from frame j-1 to j: the angle of X_j conj(X_{j-1}), in real arithmetic.
+            prev_re, prev_im = mid_re[:, :n], mid_im[:, :n]
+            zr = torch.mul(re, prev_re, out=z_re[:, :n]).addcmul_(im, prev_im)
+            zi = torch.mul(im, prev_re, out=z_im[:, :n]).addcmul_(re, prev_im, value=-1.0)
+            d = torch.atan2(zi, zr, out=dev[:, :n]).sub_(centre_turn)  # in (-3 pi, pi]
+            d.add_(torch.lt(d, -math.pi, out=zr), alpha=TWO_PI)  # wrapped to [-pi, pi]
+            if j0 == 0:
+                d[:, 0] = 0
+            mid_re[:, 0], mid_im[:, 0] = mid_re[:, n], mid_im[:, n]
+            run = torch.cumsum(d, dim=1, out=total[:, :n]).add_(carry)
+            carry.copy_(run[:, -1:])
+            rt = rot[:, :n]
+            torch.mul(run, scale, out=rt[..., 1:-1]).addcmul_(frame_turn[:, j0:j0 + n], k32)  # frame 0: no turn
+
+            # Identity phase locking: each bin keeps its analysis phase offset to
+            # the peak it belongs to, so takes that peak's rotation.
+            locked = _at_peaks(rt, pw, [b[:, :n] for b in peak_buffers])[..., :Fs]
+            tn = torch.complex(torch.cos(locked, out=cos[:, :n]), torch.sin(locked, out=sin[:, :n]),
+                               out=turn[:, :n])
+
+            # Inverse FFT at n_out: each frame resampled by `pitch` on the way out,
+            # then windowed and overlap-added block by block (out_hop samples each).
+            wv = torch.fft.irfft(torch.mul(sp[..., :Fs], tn[:, None]), n=n_out, dim=-1).reshape(R, n, n_out)
+            for b in range(blocks):
+                cut = slice(b * out_hop, min((b + 1) * out_hop, n_out))
+                sums[:, j0 + b:j0 + b + n, :cut.stop - cut.start].addcmul_(wv[:, :, cut], syn[cut])
+
+        normalised = sums.reshape(I, C, -1)[..., start:start + length]
+        if one_by_one:  # rows is a slice: divide straight into the output
+            torch.div(normalised, env[start:start + length], out=out[rows])
+        else:
+            out[rows] = normalised / env[start:start + length]
 
 
-def _cumsum_frames(x, scale, J: int, block: int):
-    """``scale[r] *`` the running sums over dim 1 of ``x (R, nb * block, F)``, the first ``J``.
-
-    Small triangular matmuls: several times faster than ``cumsum`` on a CPU.
-    """
-    R, n, F = x.shape
-    x = x.reshape(R, n // block, block, F)
-    tri = torch.ones(block, block, device=x.device, dtype=x.dtype).tril_()
-    y = torch.matmul(tri * scale[:, None, None, None], x)  # running sums inside each block
-    carry = y[:, :, -1].cumsum(dim=1)  # each block's total, summed over blocks
-    y[:, 1:] += carry[:, :-1, None]
-    return y.reshape(R, n, F)[:, :J]
+def _envelope(n_out: int, out_hop: int, blocks: int, J: int, window):
+    """Sum of the squared window over the overlap-added frames, floored at 1e-3."""
+    env = window.new_zeros(J + blocks - 1, out_hop)
+    wsq = window ** 2  # analysis window (resampled to n_out: a Hann window of n_out) times synthesis window
+    for b in range(blocks):
+        cut = slice(b * out_hop, min((b + 1) * out_hop, n_out))
+        env[b:b + J, :cut.stop - cut.start] += wsq[cut]
+    return env.reshape(-1).clamp_(min=1e-3)
 
 
-def _at_peaks(xp, powp, steps: int = 2):
+def _at_peaks(xp, powp, buffers, steps: int = 2):
     """``x (R, J, F)`` read at the spectral peak each bin belongs to.
 
     Both come padded by one bin each side, ``xp (R, J, F + 2)`` and the power
-    ``powp`` (padding -1, below any power); ``xp`` is overwritten. Every bin
-    looks to its louder neighbour (itself at a local maximum of the power);
-    taking that neighbour's value ``steps`` times climbs ``steps`` bins, 2
-    being the half-width of a Hann window's main lobe. Selections as 0/1
-    blends of values, not gathers or ``torch.where``: several times faster on a CPU.
+    ``powp`` (padding -1, below any power); ``xp`` is overwritten; three
+    ``(R, J, F)`` ``buffers`` hold the intermediates. Every bin looks to its
+    louder neighbour (itself at a local maximum of the power); taking that
+    neighbour's value ``steps`` times climbs ``steps`` bins, 2 being the
+    half-width of a Hann window's main lobe. Selections as 0/1 blends of
+    values, not gathers or ``torch.where``: several times faster on a CPU.
     """
+    up, stay, toward = buffers
     left, right, centre = powp[..., :-2], powp[..., 2:], powp[..., 1:-1]
-    up = torch.gt(right, left, out=torch.empty_like(centre))  # 0/1 weights, as floats
-    stay = torch.le(torch.maximum(left, right), centre, out=torch.empty_like(centre))
+    torch.gt(right, left, out=up)  # 0/1 weights, as floats
+    torch.le(torch.maximum(left, right, out=stay), centre, out=stay)
     x = xp[..., 1:-1]
     for step in range(steps):
-        toward = torch.lerp(xp[..., :-2], xp[..., 2:], up)  # 0/1 weights: a select
+        torch.lerp(xp[..., :-2], xp[..., 2:], up, out=toward)  # 0/1 weights: a select
         x = torch.lerp(toward, x, stay, out=x if step < steps - 1 else toward)
     return x

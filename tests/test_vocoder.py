@@ -6,6 +6,7 @@ import pytest
 import torch
 from spectral import peak_freq
 
+from labelnoise import vocoder
 from labelnoise.vocoder import frame_sizes, pitch_shift, repitch, time_stretch
 
 SR = 44100
@@ -179,6 +180,40 @@ def test_stereo_batch_matches_items_one_by_one():
 def test_stereo_needs_one_pitch_per_item():
     with pytest.raises(ValueError, match="same for every channel"):
         repitch(torch.randn(2, 5000), torch.tensor([1.0, 2.0]), 1.0, stereo=True)
+
+
+def test_frame_steps_carry_the_phase(monkeypatch):
+    """Frames in steps of 7 (the running phase carried ten times an item) give what one step gives."""
+    wav = 0.1 * torch.randn(2, 2, SR, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(vocoder, "FRAMES_PER_STEP", 100_000)
+    whole = repitch(wav, torch.tensor([[3.0], [-4.0]]), torch.tensor([[1.07], [0.9]]), stereo=True)
+    monkeypatch.setattr(vocoder, "FRAMES_PER_STEP", 7)
+    steps = repitch(wav, torch.tensor([[3.0], [-4.0]]), torch.tensor([[1.07], [0.9]]), stereo=True)
+    torch.testing.assert_close(steps, whole, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("frames", [64, 100_000])
+def test_whole_group_pass_matches_items_one_by_one(monkeypatch, frames):
+    """The GPU's way (all items of a pitch at once, frames gathered at per-item hops) on a CPU."""
+    monkeypatch.setattr(vocoder, "BATCH_FRAMES_PER_STEP", frames)
+    wav = 0.1 * torch.randn(3, 2, SR, generator=torch.Generator().manual_seed(4))
+    tempo = torch.tensor([1.1, 0.93, 1.0])
+    group = torch.tensor([0, 2])
+    at_once, one_by_one = torch.zeros(3, 2, 40000), torch.zeros(3, 2, 40000)
+    vocoder._repitch_group(wav, group, 2.0, tempo, 40000, 2048, 682, at_once, one_by_one=False)
+    vocoder._repitch_group(wav, group, 2.0, tempo, 40000, 2048, 682, one_by_one, one_by_one=True)
+    torch.testing.assert_close(at_once, one_by_one, atol=1e-5, rtol=1e-4)
+    assert at_once[0].abs().max() > 0.05 and torch.equal(at_once[1], torch.zeros(2, 40000))
+
+
+def test_pitch_up_drops_what_would_pass_nyquist():
+    """19 kHz up 5 semitones is 25.4 kHz: gone, not folded back to 18.7 kHz; 1 kHz moves as asked."""
+    y = pitch_shift(sine(1000.0) + sine(19000.0), 5)[4096:-4096].numpy()
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    hz = np.fft.rfftfreq(len(y), 1 / SR)
+    assert peak_freq(y) == pytest.approx(1000.0 * 2 ** (5 / 12), rel=2e-3)
+    folded = SR - 19000.0 * 2 ** (5 / 12)
+    assert spec[np.abs(hz - folded) < 300].max() < 3e-3 * spec.max()  # folded back it would be ~1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
