@@ -11,6 +11,12 @@ growth (``ru_maxrss``) over the RSS it had before the step.
     .venv/bin/python bench/model_speed.py                       # P1, CPU, fp32
     .venv/bin/python bench/model_speed.py --config P2 --repeats 5
     .venv/bin/python bench/model_speed.py --device cuda --precision bf16 --compile
+    .venv/bin/python bench/model_speed.py --config small --flops     # + model FLOP utilisation
+
+``--flops`` counts the FLOPs of one forward+backward step of our model with
+``torch.utils.flop_counter`` (matrix products and convolutions; the FFTs are
+not counted) and divides the achieved rate by the device's dense peak at
+that precision (a table of common GPUs; on a CPU only the achieved rate).
 
 Needs demucs==4.1.0 (a test dependency) for the reference.
 """
@@ -68,6 +74,27 @@ def make_step(model, mix, target, device, precision):
     return step
 
 
+# Dense peak TFLOP/s by device-name fragment and precision (vendor data sheets, SXM parts).
+PEAK_TFLOPS = {"H200": {"bf16": 989.0, "fp32": 67.0}, "H100": {"bf16": 989.0, "fp32": 67.0},
+               "A100": {"bf16": 312.0, "fp32": 19.5}}
+
+
+def step_flops(step) -> int:
+    """FLOPs of one call of ``step`` (matmuls and convolutions, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[precision] for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
@@ -107,6 +134,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--seconds", type=float, default=11.0, help="item length (default 11)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs, print achieved rate and MFU")
     parser.add_argument("--memory-child", choices=["ours", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -165,6 +193,15 @@ def main() -> None:
     print(f"  ratio ours/reference: time {med['ours'] / med['reference']:.3f}x wall, "
           f"{med_cpu['ours'] / med_cpu['reference']:.3f}x CPU; "
           f"memory {peaks['ours'] / peaks['reference']:.3f}x")
+    print(f"  items/s: ours {1 / med['ours']:.3f}, reference {1 / med['reference']:.3f}")
+    if args.flops:
+        # Counted on the eager model: the count is the same compiled or not.
+        flops = step_flops(make_step(ours, mix, target, device, args.precision))
+        achieved = flops / med["ours"] / 1e12
+        peak = peak_tflops(device, args.precision)
+        mfu = f", MFU {100 * achieved / peak:.1f} % of {peak:g} TFLOP/s" if peak else \
+            " (no peak figure for this device: MFU not computed)"
+        print(f"  FLOPs per step (ours): {flops / 1e9:.1f} GFLOP; achieved {achieved * 1e3:.1f} GFLOP/s{mfu}")
 
 
 if __name__ == "__main__":
