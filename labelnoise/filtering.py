@@ -1,0 +1,485 @@
+"""The filter: a separator run over every stem of a dataset, pitch-raised and sped up, and its output volumes.
+
+For every ``(track, stem)`` of a track-folder dataset
+(``ROOT/<track>/{drums,bass,other,vocals}.wav``; ``mixture.wav`` is ignored):
+
+1. read the stem at the separator's sample rate;
+2. silent (``20 log10(mean |x|) < -80``): its own audio stands for all four
+   outputs; else
+3. ``shift_stem``: pitch +``key`` semitones, tempo x ``speed``/100, with
+   Rubber Band in process (``pedalboard.time_stretch``), so a model cannot
+   simply recall the labels it was trained on;
+4. separate it as if it were a mixture, measure the four outputs
+   (``labelnoise.volumes.volume_db``) and append one record to this rank's
+   ``volumes.rank{r}.jsonl`` (with ``save_audio``, the four outputs first go to
+   ``OUT/{stem}/{track}/{source}.wav``, the original's layout).
+
+At the end rank 0 merges the rank files into ``OUT/volumes.jsonl`` (sorted by
+track, then stem; atomic replace). ``OUT/filter.json`` holds the settings; a
+run into the same folder with other settings is refused, with the same
+settings it resumes: pairs already recorded are skipped. Under ``torchrun``
+the pending pairs are shared out by duration (longest first to the least
+loaded rank), so no rank waits for one stem kind as the original's one
+process per kind did.
+
+From Python, with a model (``labelnoise.inference.apply`` separates) or any
+callable ``(wav (C, T), track, stem) -> (S, C, T)``::
+
+    from labelnoise.filtering import run_filter, shift_stem
+    summary = run_filter("data/train", "evaluator_outputs_m_key6_speed200", model, key=6, speed=200)
+    summary = run_filter(root, out, my_separator, samplerate=16000, model_name="oracle")
+
+The command line is ``filter.py`` (see its docstring).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import tqdm
+from torch import nn
+
+from . import SOURCES
+from . import distributed
+from . import volumes as vol
+from .atomic import write_json, write_text
+from .audio import AudioError, info, read_audio, write_audio
+from .evaluation import list_tracks
+from .inference import MODES, PRECISIONS, apply
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "filter.json"
+VOLUMES_FILE = "volumes.jsonl"
+FORMAT = "mdx-labelnoise/filter-v1"
+# Rubber Band's R2 engine, formants not preserved: what the original's
+# `rubberband` command line used (R2 is its default and `rubberband-r3
+# --fast`'s; formant preservation is off unless -F is given).
+SHIFT_ENGINE = "rubberband-r2"
+OVERLAP = 0.25
+
+Separator = Callable[[np.ndarray, str, str], "np.ndarray | torch.Tensor"]
+
+
+class FilterError(ValueError):
+    """A filter run that cannot go on; the message names the file or the setting."""
+
+
+def default_out_dir(name: str, key: int, speed: int) -> Path:
+    """The original's folder name: ``evaluator_outputs_{name}_key{key}_speed{speed}``."""
+    return Path(f"evaluator_outputs_{name}_key{key}_speed{speed}")
+
+
+def rank_file(out_dir: str | os.PathLike, rank: int) -> Path:
+    return Path(out_dir) / f"volumes.rank{rank}.jsonl"
+
+
+def shift_stem(wav: np.ndarray, samplerate: int, key: float, speed: float) -> np.ndarray:
+    """Pitch ``+key`` semitones and tempo x ``speed``/100 of ``(C, T)`` audio: ``(C, ~T * 100 / speed)``.
+
+    This is exactly what the filter feeds the separator. Rubber Band's R2
+    engine (pedalboard ``high_quality=False``), formants not preserved, as the
+    original's command line did; the channels are stretched together, which
+    keeps the stereo image (the command line stretches them apart, so its
+    output is not sample-identical to this). ``key=0, speed=100`` returns a copy.
+    """
+    import pedalboard  # imported here: only the filter needs it
+
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if wav.ndim != 2:
+        raise ValueError(f"shift_stem: expected audio of shape (channels, frames), got {wav.shape}")
+    if speed <= 0:
+        raise ValueError(f"shift_stem: speed must be positive (percent), got {speed}")
+    if key == 0 and speed == 100:
+        return wav.copy()
+    return pedalboard.time_stretch(wav, float(samplerate), stretch_factor=speed / 100,
+                                   pitch_shift_in_semitones=float(key), high_quality=False,
+                                   preserve_formants=False)
+
+
+def model_separator(model: nn.Module, *, mode: str = "overlap", shifts: int = 1,
+                    overlap: float = OVERLAP, precision: str = "float32",
+                    device: str | torch.device | None = None, batch_size: int | None = None,
+                    seed: int = 0) -> Separator:
+    """A separator running ``labelnoise.inference.apply`` with these settings.
+
+    The random shift offsets of each stem come from ``random.Random`` seeded
+    with ``(seed, track, stem)``, so a stem gets the same result however the
+    pairs are shared out over processes and whatever ran before it.
+    """
+    if mode not in MODES:
+        raise FilterError(f"mode must be one of {MODES}, got {mode!r}")
+    if precision not in PRECISIONS:
+        raise FilterError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if mode == "plain" and shifts:
+        raise FilterError("plain mode has no shifts; give shifts=0 with mode='plain'")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model.to(device)
+
+    def separate(wav: np.ndarray, track: str, stem: str) -> torch.Tensor:
+        mix = torch.from_numpy(np.ascontiguousarray(wav)).to(device)
+        rng = random.Random(f"{seed}/{track}/{stem}")
+        return apply(model, mix, mode=mode, overlap=overlap, shifts=shifts, precision=precision,
+                     device=device, batch_size=batch_size, rng=rng)
+
+    return separate
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One stem file: ``ROOT/<track>/<stem>.wav`` and its duration in seconds."""
+    track: str
+    stem: str
+    path: Path
+    seconds: float
+
+
+@dataclasses.dataclass
+class Counts:
+    """What one rank did; summed over ranks for the summary."""
+    done: int = 0
+    silent: int = 0
+    bad: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.done + other.done, self.silent + other.silent, self.bad + other.bad,
+                      self.seconds + other.seconds)
+
+
+@dataclasses.dataclass
+class FilterSummary:
+    """A run's figures: stems filtered now, silent among them, skipped, already recorded before."""
+    done: int
+    silent: int
+    missing: int
+    bad: int
+    already: int
+    seconds: float
+    wall_seconds: float
+    volumes_path: Path
+
+    @property
+    def skipped(self) -> int:
+        return self.missing + self.bad
+
+    @property
+    def stem_minutes_per_minute(self) -> float:
+        """Minutes of stem audio filtered per minute of wall-clock time (all ranks together)."""
+        return self.seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"filtered {self.done} stems ({self.silent} silent), skipped {self.skipped} "
+                f"({self.missing} missing, {self.bad} unreadable), {self.already} already recorded; "
+                f"{self.seconds:.1f} s of audio in {self.wall_seconds:.1f} s = "
+                f"{self.stem_minutes_per_minute:.2f} stem-minutes per minute -> {self.volumes_path}")
+
+
+# ------------------------------------------------------------------ the dataset
+
+def list_pairs(data_root: str | os.PathLike, stems: Sequence[str], *,
+               skip_bad: bool = False) -> tuple[list[Pair], list[Path], list[str]]:
+    """``(pairs, missing files, unreadable files with the reason)`` of a track-folder dataset.
+
+    Every stem file's header is read here (for its duration), so a file that
+    is not audio stops the run before any work, or, with ``skip_bad``, is
+    left out and counted.
+    """
+    pairs, missing, bad = [], [], []
+    for folder in list_tracks(data_root):
+        for stem in stems:
+            path = folder / f"{stem}.wav"
+            if not path.exists():
+                missing.append(path)
+                continue
+            try:
+                header = info(path)
+            except AudioError as exc:
+                if not skip_bad:
+                    raise
+                bad.append(str(exc))
+                continue
+            pairs.append(Pair(folder.name, stem, path, header.frames / header.samplerate))
+    return pairs, missing, bad
+
+
+def share_out(pairs: Sequence[Pair], ranks: int) -> list[list[Pair]]:
+    """Pairs per rank: longest first, each to the rank with the least audio so far.
+
+    Deterministic (every rank computes the same split). Equal durations (the
+    stems of one track) are taken in a fixed shuffled order, so no rank ends
+    up with all the stems of one kind.
+    """
+    order = list(pairs)
+    random.Random(0).shuffle(order)
+    order.sort(key=lambda p: -p.seconds)  # stable: ties keep the shuffled order
+    shares: list[list[Pair]] = [[] for _ in range(ranks)]
+    load = [0.0] * ranks
+    for pair in order:
+        r = min(range(ranks), key=lambda i: (load[i], i))
+        shares[r].append(pair)
+        load[r] += pair.seconds
+    return shares
+
+
+# ------------------------------------------------------------------ the output folder
+
+def check_settings(out_dir: Path, settings: dict) -> bool:
+    """Compare ``settings`` with ``OUT/filter.json``; True when the file is still to be written.
+
+    Refuses a folder made with other settings, and a folder holding volumes
+    but no settings (nothing says how they were made).
+    """
+    path = out_dir / SETTINGS_FILE
+    if not path.exists():
+        if (out_dir / VOLUMES_FILE).exists() or any(out_dir.glob("volumes.rank*.jsonl")):
+            raise FilterError(f"{out_dir}: holds volumes but no {SETTINGS_FILE}; "
+                              "choose another output folder")
+        return True
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as exc:
+        raise FilterError(f"{path}: not a JSON settings file ({exc})") from None
+    differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    if differing:
+        details = "; ".join(f"{k}: {saved.get(k)!r} there, {settings.get(k)!r} now" for k in differing)
+        raise FilterError(f"{path}: made with other settings ({details}); "
+                          "use another --out folder, or the same settings to resume")
+    return False
+
+
+def recorded_pairs(out_dir: Path) -> set[tuple[str, str]]:
+    """``(track, stem)`` of every complete record in ``volumes.jsonl`` and the rank files."""
+    return {(r["track"], r["stem"]) for r in _all_records(out_dir)}
+
+
+def _all_records(out_dir: Path) -> Iterator[dict]:
+    yield from vol.read_records(out_dir / VOLUMES_FILE)
+    for path in sorted(out_dir.glob("volumes.rank*.jsonl")):
+        yield from vol.read_records(path)
+
+
+def merge_records(out_dir: Path) -> Path:
+    """Rank files + ``volumes.jsonl`` -> ``volumes.jsonl`` (one record per pair, sorted); rank files removed.
+
+    A kill between the replace and the removal leaves records in both; the
+    next merge keeps one of each, so nothing is counted twice.
+    """
+    merged = {(r["track"], r["stem"]): r for r in _all_records(out_dir)}
+    target = out_dir / VOLUMES_FILE
+    rank_files = sorted(out_dir.glob("volumes.rank*.jsonl"))
+    if rank_files or not target.exists():
+        write_text(target, "".join(json.dumps(merged[k]) + "\n" for k in sorted(merged)))
+    for path in rank_files:
+        path.unlink()
+    return target
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a killed writer's incomplete last line, so the next append starts a line of its own."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+# ------------------------------------------------------------------ one stem
+
+@dataclasses.dataclass
+class _Prepared:
+    pair: Pair
+    wav: np.ndarray | None       # the stem as read; None if unreadable
+    shifted: np.ndarray | None   # what the separator gets; None if silent
+    error: str | None = None
+
+
+def _prepare(pair: Pair, samplerate: int, channels: int, key: float, speed: float,
+             skip_bad: bool) -> _Prepared:
+    try:
+        wav = read_audio(pair.path, samplerate=samplerate, channels=channels)
+    except AudioError as exc:
+        if not skip_bad:
+            raise
+        return _Prepared(pair, None, None, str(exc))
+    if wav.shape[-1] == 0:
+        if not skip_bad:
+            raise AudioError(f"{pair.path}: holds no samples")
+        return _Prepared(pair, None, None, f"{pair.path}: holds no samples")
+    if vol.is_silent(wav):
+        return _Prepared(pair, wav, None)
+    return _Prepared(pair, wav, shift_stem(wav, samplerate, key, speed))
+
+
+def _prefetch(items: Sequence, load: Callable, depth: int) -> Iterator:
+    """``load(item)`` for each item, up to ``depth`` items ahead in a thread (0: inline).
+
+    Reading and pitch-shifting the next stems then overlaps the separator's
+    run on the current one (on a GPU, the CPU work can hide behind the model's).
+    """
+    if depth <= 0:
+        for item in items:
+            yield load(item)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        queue: list[Future] = []
+        for item in items:
+            queue.append(pool.submit(load, item))
+            if len(queue) > depth:
+                yield queue.pop(0).result()
+        while queue:
+            yield queue.pop(0).result()
+
+
+def _as_outputs(estimate, pair: Pair, sources: Sequence[str]) -> np.ndarray:
+    if isinstance(estimate, torch.Tensor):
+        estimate = estimate.detach().float().cpu().numpy()
+    estimate = np.asarray(estimate, dtype=np.float32)
+    if estimate.ndim != 3 or estimate.shape[0] != len(sources):
+        raise FilterError(f"{pair.path}: the separator returned shape {estimate.shape}, "
+                          f"expected ({len(sources)}, channels, time) for sources {list(sources)}")
+    return estimate
+
+
+def _write_outputs(out_dir: Path, pair: Pair, sources: Sequence[str], outputs, samplerate: int) -> None:
+    # Float WAVs: a volume measured from the files equals the one recorded
+    # (16-bit would clip loud outputs and round quiet ones).
+    for source, wav in zip(sources, outputs):
+        write_audio(out_dir / pair.stem / pair.track / f"{source}.wav", wav, samplerate, float32=True)
+
+
+# ------------------------------------------------------------------ the run
+
+def run_filter(data_root: str | os.PathLike, out_dir: str | os.PathLike,
+               separator: nn.Module | Separator, *, key: float = 6, speed: float = 200,
+               mode: str = "overlap", shifts: int = 1, overlap: float = OVERLAP,
+               precision: str = "float32", device: str | torch.device | None = None,
+               batch_size: int | None = None, samplerate: int | None = None,
+               sources: Sequence[str] | None = None, channels: int | None = None,
+               model_name: str | None = None, save_audio: bool = False, skip_bad: bool = False,
+               seed: int = 0, prefetch: int = 1, progress: bool = True,
+               dist: distributed.DistInfo | None = None) -> FilterSummary:
+    """Filter every pending ``(track, stem)`` of ``data_root`` into ``out_dir``; return the summary.
+
+    ``separator`` is a model (or ``labelnoise.bag.Bag``), run with
+    ``mode``/``shifts``/``overlap``/``precision``/``device``/``batch_size``;
+    or a callable ``(wav (C, T), track, stem) -> (S, C, T)`` (numpy or
+    torch), which then needs ``samplerate`` (``sources`` default to the four,
+    ``channels`` to 2). ``model_name`` goes into ``filter.json`` (a model's
+    checkpoint path, say) and must match on a resume. ``skip_bad``: a stem
+    that cannot be read is skipped and counted (and tried again next run)
+    instead of stopping the run. ``dist``: this process's place under
+    torchrun (``labelnoise.distributed.setup()``); None is one process.
+    """
+    out_dir, data_root = Path(out_dir), Path(data_root)
+    dist = dist or distributed.DistInfo(0, 0, 1, torch.device("cpu"))
+    if speed <= 0:
+        raise FilterError(f"speed must be a positive percentage, got {speed}")
+    is_model = isinstance(separator, nn.Module)
+    if is_model:
+        samplerate = samplerate or separator.samplerate
+        sources = list(sources or separator.sources)
+        channels = channels or separator.audio_channels
+        if samplerate != separator.samplerate or list(sources) != list(separator.sources):
+            raise FilterError(f"samplerate/sources must be the model's ({separator.samplerate}, "
+                              f"{list(separator.sources)})")
+        separate = model_separator(separator, mode=mode, shifts=shifts, overlap=overlap,
+                                   precision=precision, device=device or dist.device,
+                                   batch_size=batch_size, seed=seed)
+    else:
+        if samplerate is None:
+            raise FilterError("a separator that is not a model needs samplerate=")
+        sources, channels, separate = list(sources or SOURCES), channels or 2, separator
+    settings = {"format": FORMAT, "model": model_name, "data": str(data_root.resolve()),
+                "key": key, "speed": speed, "mode": mode, "shifts": shifts, "overlap": overlap,
+                "samplerate": samplerate, "sources": list(sources), "seed": seed,
+                "shift_engine": SHIFT_ENGINE, "save_audio": save_audio}
+
+    # Every rank reads the same folder state before any rank writes to it,
+    # then waits: so all ranks compute the same pending set and split.
+    write_settings = check_settings(out_dir, settings)
+    done = recorded_pairs(out_dir)
+    pairs, missing, bad_headers = list_pairs(data_root, sources, skip_bad=skip_bad)
+    distributed.barrier()
+    if write_settings and dist.is_main:
+        write_json(out_dir / SETTINGS_FILE, settings)
+    pending = [p for p in pairs if (p.track, p.stem) not in done]
+    mine = share_out(pending, dist.world_size)[dist.rank]
+    if dist.is_main:
+        _log_skips(missing, bad_headers)
+        log.info("%s: %d stems, %d already recorded, %d to filter on %d process(es)",
+                 data_root, len(pairs), len(pairs) - len(pending), len(pending), dist.world_size)
+
+    start = time.perf_counter()
+    counts = _filter_share(mine, out_dir, separate, sources=sources, samplerate=samplerate,
+                           channels=channels, key=key, speed=speed, save_audio=save_audio,
+                           skip_bad=skip_bad, prefetch=prefetch,
+                           progress=progress and dist.is_main, rank=dist.rank)
+    # The gather is also the barrier before rank 0 merges everyone's file.
+    total = sum(distributed.gather_objects(counts), Counts())
+    wall = time.perf_counter() - start
+    target = out_dir / VOLUMES_FILE
+    if dist.is_main:
+        target = merge_records(out_dir)
+    distributed.barrier()
+    return FilterSummary(done=total.done, silent=total.silent, missing=len(missing),
+                         bad=len(bad_headers) + total.bad, already=len(pairs) - len(pending),
+                         seconds=total.seconds, wall_seconds=wall, volumes_path=target)
+
+
+def _log_skips(missing: list[Path], bad: list[str]) -> None:
+    if missing:
+        shown = ", ".join(map(str, missing[:3])) + (", ..." if len(missing) > 3 else "")
+        log.warning("%d stem files missing, skipped: %s", len(missing), shown)
+    for reason in bad:
+        log.warning("skipped: %s", reason)
+
+
+def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, sources, samplerate,
+                  channels, key, speed, save_audio, skip_bad, prefetch, progress, rank) -> Counts:
+    """Filter this rank's pairs, appending one record per pair to its own file."""
+    counts = Counts()
+    path = rank_file(out_dir, rank)
+    _drop_torn_line(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def load(pair):
+        return _prepare(pair, samplerate, channels, key, speed, skip_bad)
+
+    with open(path, "a") as handle, tqdm.tqdm(total=len(pairs), unit="stem", desc="filter",
+                                             disable=not progress) as bar:
+        for item in _prefetch(pairs, load, prefetch):
+            pair = item.pair
+            bar.update(1)
+            if item.error is not None:
+                log.warning("skipped: %s", item.error)
+                counts.bad += 1
+                continue
+            if item.shifted is None:
+                # Silent: the stem itself stands for every output.
+                level = vol.volume_db(item.wav)
+                volumes = dict.fromkeys(sources, level)
+                outputs = [item.wav] * len(sources)
+                counts.silent += 1
+            else:
+                outputs = _as_outputs(separate(item.shifted, pair.track, pair.stem), pair, sources)
+                volumes = {source: vol.volume_db(out) for source, out in zip(sources, outputs)}
+            if save_audio:
+                _write_outputs(out_dir, pair, sources, outputs, samplerate)
+            seconds = item.wav.shape[-1] / samplerate
+            # After the WAVs: a recorded pair always has its files.
+            vol.append_record(handle, vol.record(pair.track, pair.stem, volumes,
+                                                 silent=item.shifted is None, seconds=seconds))
+            counts.done += 1
+            counts.seconds += seconds
+    return counts
