@@ -38,7 +38,8 @@ class CheckpointError(ValueError):
 def architectures() -> dict[str, type[nn.Module]]:
     """Networks a checkpoint may name, by architecture name."""
     from model.htdemucs import HTDemucs
-    return {"htdemucs": HTDemucs}
+    from model.masknet import MaskNet
+    return {"htdemucs": HTDemucs, "masknet": MaskNet}
 
 
 def _architecture_name(model: nn.Module) -> str:
@@ -286,7 +287,8 @@ def export_demucs(model: nn.Module, directory: str | os.PathLike, name: str = "e
     arch = config.pop("arch")
     dotted = {v: k for k, v in _DEMUCS_TO_ARCH.items()}.get(arch)
     if dotted is None:
-        raise TypeError(f"{arch} has no demucs equivalent to export to")
+        raise TypeError(f"cannot export a {type(model).__name__} ({arch}) as a demucs package: demucs has no "
+                        "such network, only HTDemucs exports; keep it in this project's format (save_model)")
     package = {"klass": _DEMUCS_CLASSES[dotted], "args": [], "kwargs": config,
                "state": _cpu_state(model, half=half), "training_args": dict(training_args or {})}
     path = Path(directory) / f"{name}.th"

@@ -5,7 +5,12 @@ relative to the file) and states only what differs. ``base.yaml`` is the
 schema: a key it does not have is an error naming the key and where it came
 from, and a value of another kind (a string where base has a number, ...)
 too. The ``model`` section holds the network's constructor keywords, checked
-against the architecture's signature instead.
+against the architecture's signature instead. A file that sets ``model.arch``
+to another architecture than the one merged so far replaces the whole
+``model`` section rather than merging into it, so it states every keyword its
+network needs (``sources``, ``samplerate``...): ``configs/demo/joint360.yaml``
+extends ``../joint360.yaml`` (HTDemucs P2 keywords) and swaps in MaskNet this
+way. A command-line ``model.arch=...`` merges like any override.
 
     cfg = load_config("configs/step2.yaml", ["optim.lr=2e-4", "data.root=/scratch/labelnoise"])
     cfg["run"]["name"]     # "step2": runs go to runs/step2/
@@ -26,6 +31,8 @@ from .yamlio import read_mapping
 BASE_NAME = "base.yaml"
 # Sections whose keys are not fixed by base.yaml.
 FREE_SECTIONS = ("model",)
+# The network a config builds when its model section names none.
+DEFAULT_ARCH = "htdemucs"
 
 
 class ConfigError(ValueError):
@@ -44,6 +51,20 @@ def _merge(base: dict, update: dict) -> dict:
         else:
             out[key] = deepcopy(value)
     return out
+
+
+def _drop_other_arch(config: dict, update: dict) -> dict:
+    """``config`` without its ``model`` section when the file ``update`` names another architecture.
+
+    The keywords of one network mean nothing to another (HTDemucs' ``channels``
+    would be an unknown keyword of MaskNet), so a file that switches
+    ``model.arch`` starts the section afresh instead of merging into it.
+    """
+    model = update.get("model")
+    arch = model.get("arch") if isinstance(model, dict) else None
+    if arch is None or arch == config.get("model", {}).get("arch", DEFAULT_ARCH):
+        return config
+    return {key: value for key, value in config.items() if key != "model"}
 
 
 def _layers(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
@@ -130,7 +151,7 @@ def load_config(path: str | os.PathLike, overrides=()) -> dict:
     for file, data in layers:
         if file != base_path:
             _check(data, schema, str(file))
-        config = _merge(config, data)
+        config = _merge(_drop_other_arch(config, data), data)
     for text in overrides:
         update = parse_override(text)
         _check(update, schema, f"command line '{text}'")
@@ -157,7 +178,7 @@ def check_model_config(model: dict, where: str) -> None:
     """Keys of the ``model`` section must be the architecture's constructor keywords."""
     from .checkpoint import architectures
 
-    arch = model.get("arch", "htdemucs")
+    arch = model.get("arch", DEFAULT_ARCH)
     if arch not in architectures():
         raise ConfigError(f"{where}: unknown model.arch {arch!r}, expected one of {sorted(architectures())}")
     params = inspect.signature(architectures()[arch]).parameters
@@ -173,7 +194,7 @@ def build_model(config: dict):
     from .checkpoint import architectures
 
     model = dict(config["model"])
-    arch = model.pop("arch", "htdemucs")
+    arch = model.pop("arch", DEFAULT_ARCH)
     return architectures()[arch](**model)
 
 

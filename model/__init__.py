@@ -1,4 +1,5 @@
 """Networks of mdx-labelnoise. Imports nothing from ``labelnoise``."""
 from .htdemucs import HTDemucs
+from .masknet import MaskNet
 
-__all__ = ["HTDemucs"]
+__all__ = ["HTDemucs", "MaskNet"]

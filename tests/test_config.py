@@ -103,3 +103,27 @@ def test_run_paths_and_saved_config_round_trip(tmp_path):
     assert run_path(cfg, "other/runs/step1") == Path("other/runs/step1")
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == cfg
+
+
+def test_a_file_switching_model_arch_replaces_the_model_section(tmp_path):
+    (tmp_path / "base.yaml").write_text((CONFIGS / "base.yaml").read_text())
+    (tmp_path / "p2.yaml").write_text("extends: base.yaml\nmodel:\n  bottom_channels: 512\n  dconv_mode: 3\n")
+    switch = "model:\n  arch: masknet\n  sources: [drums, bass, other, vocals]\n  samplerate: 44100\n"
+    (tmp_path / "mask.yaml").write_text("extends: p2.yaml\n" + switch)
+    (tmp_path / "mask_wider.yaml").write_text("extends: mask.yaml\nmodel:\n  hidden: 64\n")
+    # Same arch: merged into what is there.
+    assert load_config(tmp_path / "p2.yaml")["model"] == {
+        "arch": "htdemucs", "sources": ["drums", "bass", "other", "vocals"], "audio_channels": 2,
+        "samplerate": 44100, "segment": 44, "bottom_channels": 512, "dconv_mode": 3}
+    # Another arch: HTDemucs' keywords (P2's bottom_channels, base's segment ...) are gone.
+    expected = {"arch": "masknet", "sources": ["drums", "bass", "other", "vocals"], "samplerate": 44100}
+    assert load_config(tmp_path / "mask.yaml")["model"] == expected
+    assert load_config(tmp_path / "mask_wider.yaml")["model"] == {**expected, "hidden": 64}
+    assert type(build_model(load_config(tmp_path / "mask.yaml"))).__name__ == "MaskNet"
+    # A command-line override merges as any other: P2's keywords are not MaskNet's.
+    with pytest.raises(ConfigError, match="'model.bottom_channels': not a keyword of masknet"):
+        load_config(tmp_path / "p2.yaml", ["model.arch=masknet"])
+    # A switch back to HTDemucs starts afresh too, so it must restate what HTDemucs needs.
+    (tmp_path / "back.yaml").write_text("extends: mask.yaml\nmodel:\n  arch: htdemucs\n  channels: 8\n")
+    with pytest.raises(ConfigError, match="back.yaml: optim.weights has 4 entries for 0 sources"):
+        load_config(tmp_path / "back.yaml")
