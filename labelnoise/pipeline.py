@@ -194,14 +194,24 @@ def write_bag(runs: str | os.PathLike) -> Path:
     return path
 
 
-def run_stage(stage: Stage, *, nproc: int = 1, python: str = sys.executable, env=None) -> float:
-    """Run one stage here; returns its seconds. A non-zero exit is a PipelineError naming the stage."""
+def run_stage(stage: Stage, *, nproc: int = 1, python: str = sys.executable, env=None,
+              log_file: str | os.PathLike | None = None) -> float:
+    """Run one stage here; returns its seconds. A non-zero exit is a PipelineError naming the stage.
+
+    ``log_file``: the command's output is appended to that file instead of this terminal.
+    """
     cmd = stage.command(python, nproc)
     log.info("stage %s: %s", stage.name, shlex.join(cmd))
     start = time.monotonic()
-    code = subprocess.run(cmd, env=env).returncode
+    if log_file is None:
+        code = subprocess.run(cmd, env=env).returncode
+    else:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as out:
+            code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        raise PipelineError(f"stage {stage.name} exited with code {code}: {shlex.join(cmd)}")
+        where = f" (its output: {log_file})" if log_file is not None else ""
+        raise PipelineError(f"stage {stage.name} exited with code {code}{where}: {shlex.join(cmd)}")
     if not stage.is_done():
         raise PipelineError(f"stage {stage.name} exited 0 but {stage.done} is missing")
     return time.monotonic() - start

@@ -1,0 +1,107 @@
+"""bench/noise_robustness.py at a reduced size: it runs, writes its table, JSON and plot, and re-runs skip."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "noise_robustness.py"
+# Two optimizer steps of 4 items per stage: checks the machinery, learns nothing.
+SMALL = ["--tracks", "4", "--seconds", "3", "--test-tracks", "2", "--seeds", "1", "--rates", "0.5@swap=3",
+         "--arms", "clean,plain,filtered,kuielab", "--epochs-scale", "0.01", "--steps-per-epoch", "2",
+         "--set", "optim.batch_size=4", "--threshold", "keep=0.5"]
+SLUG = "r0.5_swap3"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("noise_robustness", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tmp: Path, extra=()):
+    # The stage commands name configs/ and filter.py relative to the repository root, as the demo does.
+    done = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "--out", str(tmp / "runs"),
+                           "--data", str(tmp / "data"), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("noise_robustness")
+    return tmp, _run(tmp)
+
+
+def test_table_has_every_arm_and_the_filter(small_run):
+    tmp, printed = small_run
+    md = (tmp / "runs" / "results.md").read_text()
+    assert md in printed  # the same table is printed
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| (")}
+    # (d) needs (c)'s runs, so (c) is trained and shown as well.
+    assert list(rows) == ["(a) clean", "(b) plain", "(c) trunc", "(d) filtered", "(e) kuielab"]
+    assert "Filter of arm (d)" in md and "precision" in md
+    # Truncation arms report the noisy shares; plain L1 arms drop nothing.
+    assert rows["(c) trunc"].count("%") >= 2 and "x)" in rows["(c) trunc"]
+    assert "x)" not in rows["(b) plain"]
+
+
+def test_results_json_and_plot(small_run):
+    tmp, _ = small_run
+    data = json.loads((tmp / "runs" / "results.json").read_text())
+    arms = data["summary"][SLUG]["arms"]
+    assert set(arms) == {"clean", "plain", "trunc", "filtered", "kuielab"}
+    for row in arms.values():
+        assert set(row["sdr"]) == {"drums", "bass", "other", "vocals", "mean"}
+    assert arms["plain"]["vs_plain"] is None and arms["trunc"]["vs_plain"]["n"] == 1
+    f = arms["filtered"]["filter"]
+    assert 0 <= f["precision"] <= 1 and 0 <= f["recall"] <= 1
+    assert 0 <= arms["kuielab"]["shares"]["dropped"] <= 1
+    png = (tmp / "runs" / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_every_model_sees_the_same_items(small_run):
+    tmp, _ = small_run
+    from labelnoise.yamlio import read_mapping
+
+    def items(run: Path) -> int:
+        cfg = read_mapping(run / "config.yaml")
+        return cfg["optim"]["epochs"] * cfg["data"]["items_per_epoch"]
+
+    seed = tmp / "runs" / "seed1"
+    budget = {arm: sum(items(seed / SLUG / arm / step) for step in ("step1", "step2", "step3"))
+              for arm in ("plain", "trunc", "kuielab")}
+    budget["clean"] = sum(items(seed / "clean" / "clean" / s) for s in ("step1", "step2", "step3"))
+    budget["filtered"] = items(seed / SLUG / "trunc" / "joint360")
+    assert len(set(budget.values())) == 1, budget
+    kuielab = read_mapping(seed / SLUG / "kuielab" / "step2" / "config.yaml")["optim"]
+    assert (kuielab["loss"], kuielab["trunc_ratio"]) == ("mse_trunc", 0.4)
+    joint = read_mapping(seed / SLUG / "trunc" / "joint360" / "config.yaml")
+    assert joint["data"]["mode"] == "pool" and "labelnoise_clean_dataset_predicted_by" in joint["data"]["root"]
+
+
+def test_rerun_skips_finished_arms_and_refuses_other_settings(small_run):
+    tmp, _ = small_run
+    printed = _run(tmp)
+    lines = [line for line in printed.splitlines() if line.startswith("[")]
+    assert len(lines) == 5 and all("done already" in line for line in lines)
+    bad = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "--tracks", "5", "--out", str(tmp / "runs"),
+                          "--data", str(tmp / "data")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "other settings" in bad.stderr
+
+
+def test_noise_settings_parse():
+    bench = _bench_module()
+    noise = bench.Noise.parse("0.5@swap=3,other_song=3")
+    assert (noise.rate, noise.slug) == (0.5, "r0.5_swap3_other_song3")
+    assert bench.Noise.parse("0.3").slug == "r0.3"
+    for bad in ("x", "0", "1.5", "0.5@nosuch=2"):
+        with pytest.raises(ValueError):
+            bench.Noise.parse(bad)
