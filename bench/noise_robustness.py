@@ -54,11 +54,10 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +66,7 @@ from matplotlib.figure import Figure
 from labelnoise import SOURCES, pipeline
 from labelnoise.atomic import atomic_path, write_json, write_text
 from labelnoise.config import ConfigError, load_config
-from labelnoise.demo import Job, TestSet, _synth_params_match
+from labelnoise.demo import Job, TestSet, synth_params_match
 from labelnoise.report import combined_shares, noisy_shares
 from labelnoise.selection import read_selection, write_pool
 from labelnoise.synth import NOISE_KINDS, generate, parse_kinds
@@ -158,13 +157,14 @@ class Noise:
 @dataclass(frozen=True)
 class Settings:
     """What the figures depend on (seeds, rates and arms may be added to a run folder)."""
-    # Default budget, 2 idle CPU cores at ~0.2 s a MaskNet step (issue 8): 5 + 2 + 2 epochs of 20 steps
-    # = 180 steps, ~42 s per arm with start-up; 45 of them (3 seeds x (1 clean + 2 rates x (6 arms + joint360)))
-    # ~32 min, plus 6 filter passes over 16 tracks x 16 s x 4 stems (~1 min each): ~40 min.
+    # Default budget, 2 idle CPU cores at ~0.2 s a MaskNet step (issue 8): 4 + 2 + 2 epochs of 20 steps
+    # = 160 steps, ~37 s a model with start-up; 51 models (3 seeds x (1 clean + 2 rates x (6 arms of
+    # steps 1-3 + 2 joint360))) ~32 min, plus 6 filter passes over 16 tracks x 16 s x 4 stems
+    # (~1 min each): ~38 min. An estimate: the machine was never idle while this was written.
     tracks: int = 16
     seconds: float = 16.0
     test_tracks: int = 6
-    epochs_scale: float = 0.4
+    epochs_scale: float = 0.35
     steps_per_epoch: int = 20
     configs: str = ARCH_CONFIGS["masknet"]
     threshold: str = "auto"
@@ -192,7 +192,7 @@ def make_set(folder: Path, *, tracks: int, seconds: float, samplerate: int, seed
     """Generate one synthetic set unless it is there already; a folder holding other data is an error."""
     spec = dict(seed=seed, seconds=seconds, samplerate=samplerate, tracks=tracks,
                 noise_rate=0.0 if noise is None else noise.rate)
-    ok, difference = _synth_params_match(folder, spec)
+    ok, difference = synth_params_match(folder, spec)
     kinds = parse_kinds(noise.kinds or None) if noise is not None else None
     if ok:
         return False
@@ -396,12 +396,17 @@ def summarize(results: list[dict], noises: list[Noise], names: list[str]) -> dic
                                  for k in ("precision", "recall")}
             row["cpu_seconds"] = float(np.mean([got[k]["cpu_seconds"] for k in seeds]))
             rows[name] = row
-        gap = rows.get("clean", {}).get("vs_plain")
         for name, row in rows.items():
-            d = row["vs_plain"]
-            # The share of the clean-vs-noisy gap an arm closes, from the paired means over common seeds.
-            if gap and d and gap["diff"] > 0 and name not in ("clean", "plain"):
-                row["gap_closed"] = d["diff"] / gap["diff"]
+            got = by.get((noise.slug, name), {})
+            # The share of the clean-vs-noisy gap an arm closes, over the seeds where (a), (b) and it all ran.
+            seeds = sorted(set(got) & set(plain) & set(clean))
+            if name in ("clean", "plain") or not seeds:
+                continue
+            gap = np.mean([clean[k]["sdr"]["mean"] - plain[k]["sdr"]["mean"] for k in seeds])
+            if gap > 0:
+                gain = np.mean([got[k]["sdr"]["mean"] - plain[k]["sdr"]["mean"] for k in seeds])
+                row["gap_closed"] = float(gain / gap)
+                row["gap_seeds"] = seeds
         out[noise.slug] = {"label": noise.label, "rate": noise.rate, "kinds": noise.kinds, "arms": rows}
     return out
 
@@ -434,8 +439,8 @@ def markdown(summary: dict, all_arms: dict[str, Arm], settings: Settings, header
     for slug, block in summary.items():
         lines += [f"### {block['label']}", "",
                   "| arm | what | " + " | ".join(SOURCES) + " | mean SDR (dB) | vs (b), paired | gap closed "
-                  "| noisy share dropped / kept | CPU s |",
-                  "|---|---|" + "---|" * len(SOURCES) + "---|---|---|---|---|"]
+                  "| noisy share dropped / kept | seeds | CPU s |",
+                  "|---|---|" + "---|" * len(SOURCES) + "---|---|---|---|---|---|"]
         for name, row in block["arms"].items():
             arm = all_arms[name]
             cells = [_pm(row["sdr"][s]["mean"], row["sdr"][s]["std"]) for s in SOURCES]
@@ -446,7 +451,7 @@ def markdown(summary: dict, all_arms: dict[str, Arm], settings: Settings, header
             shares = "–" if not sh else f"{sh['dropped']:.0%} / {sh['kept']:.0%} ({sh['ratio']:.2f}x)"
             lines.append(f"| ({arm.key}) {name} | {arm.what} | " + " | ".join(cells)
                          + f" | **{_pm(row['sdr']['mean']['mean'], row['sdr']['mean']['std'])}** | {vs} | {gap} "
-                         f"| {shares} | {row['cpu_seconds']:.0f} |")
+                         f"| {shares} | {len(row['seeds'])} | {row['cpu_seconds']:.0f} |")
         filt = block["arms"].get("filtered", {}).get("filter")
         if filt:
             lines += ["", f"Filter of arm (d) (model of (c), threshold `{settings.threshold}`): precision "

@@ -344,7 +344,7 @@ def plot_truncation(facts: Facts, path: Path, noise_rate: float | None) -> Path 
             ys = [np.nan if r["noisy_share"][key] is None else r["noisy_share"][key] for _, r in with_share]
             ax2.plot(ex, ys, marker="o", markersize=3, color=colour, label=f"among {key} entries")
         if noise_rate is not None:
-            ax2.axhline(noise_rate, color="black", linestyle=":", linewidth=1, label=f"noisy stems in the data")
+            ax2.axhline(noise_rate, color="black", linestyle=":", linewidth=1, label="the data set's noise rate")
         ax2.set_ylim(0, 1)
         ax2.legend(fontsize=8)
     ax2.set_xlabel("optimizer step (per epoch)")
@@ -535,7 +535,9 @@ def build(facts: Facts) -> Doc:
           f"and scored on {s['test_tracks']} clean test tracks of another seed with the challenge SDR. "
           f"Configs: `{s['configs']}`; epochs x {s['epochs_scale']:g}{' (quick: one short epoch per stage)' if s['quick'] else ''}; "
           f"truncation in steps 1-3 ranked by {s['trunc_by']} error; filter threshold rule `{s['threshold']}`. "
-          f"Wall time of the last run: {_clock(timings.get('demo'))} (stages done before it are not counted again).")
+          f"Wall time of the last run: {_clock(timings.get('demo'))} (stages done before it are not counted again); "
+          f"the stages and their scoring took {_clock(sum(v for k, v in timings.items() if k != 'demo'))} in all, "
+          f"summed over the runs that did them.")
 
     # ---- what the numbers say
     doc.h(2, "What the numbers say")

@@ -127,6 +127,15 @@ def test_other_settings_are_refused(quick_demo, capsys):
     assert "holds other data (tracks 8 where the demo asks for 9)" in capsys.readouterr().err
 
 
+def test_a_run_folder_accepts_another_test_set_only(tmp_path):
+    (tmp_path / demo.MANIFEST).write_text(json.dumps({"settings": json.loads(json.dumps(
+        demo.dataclasses.asdict(demo.Settings()))), "timings": {"step1": 3.0}}))
+    # Another test set only makes the cached scores stale; the runs stay valid.
+    assert demo.check_out(tmp_path, demo.Settings(test_tracks=3)) == {"step1": 3.0}
+    with pytest.raises(demo.DemoError, match=r"other settings \(tracks 24, now 9\)"):
+        demo.check_out(tmp_path, demo.Settings(tracks=9))
+
+
 def test_epochs_scale_keeps_finetunes_past_their_parent(tmp_path):
     settings = demo.Settings(epochs_scale=0.01)
     jobs = {j.name: j for j in demo.plan(settings, tmp_path / "runs", tmp_path / "data", "cpu")}
