@@ -286,6 +286,17 @@ def test_thresholds_on_bimodal_margins(tmp_path):
         Rule.parse("twenty")
 
 
+def test_precision_without_the_stems_a_per_stem_filter_cannot_see(labelled, tmp_path):
+    data, outputs, tracks, labels = labelled
+    # At 5 dB the noisy stems of t3..t7 (margins 6..10) are kept too. Those of t4..t7 bleed at -15 dB: blind.
+    m = select("m", 6, 200, "5", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False,
+               report=False).metrics
+    assert m["overall"]["tp"] == 16 and m["overall"]["fp"] == 11
+    assert m["blind"] == 8 and m["precision_ceiling"] == pytest.approx(16 / 24)
+    j = m["judgeable"]
+    assert (j["tp"], j["fp"], j["tn"]) == (16, 3, 5) and j["precision"] == pytest.approx(16 / 19)
+
+
 def test_report_and_metrics_against_hand_counts(labelled, tmp_path):
     data, outputs, tracks, labels = labelled
     dest = tmp_path / "pool"
@@ -309,6 +320,8 @@ def test_report_and_metrics_against_hand_counts(labelled, tmp_path):
         assert (dest / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (dest / "report.md").read_text()
     assert "| drums | 20.00 | fixed | 5 | 8 |" in report and "| drums | 0.800 | 1.000 |" in report
+    assert "Without the 8 noisy stems no filter judging one stem at a time can see" in report
+    assert "below 0.667 at any threshold" in report
     rows = (dest / "margins.csv").read_text().splitlines()
     assert rows[0] == "track,stem,margin_db,kept,silent,noisy,kind" and len(rows) == 1 + 32
     assert "t1,drums,30.0000,true,false,true,bleed" in rows

@@ -81,6 +81,10 @@ def test_report_states_the_filters_precision_and_recall(quick_demo):
         precision, recall = rows["**all**"][-2:]
         assert precision == f"{overall['precision']:.3f}" and recall == f"{overall['recall']:.3f}"
         assert "otsu" in rows["drums"][1]
+        j, m = sel["metrics"]["judgeable"], sel["metrics"]
+        assert (f"Without the {m['blind']} noisy stems that no filter judging one stem at a time can see"
+                in md) and f"precision below {m['precision_ceiling']:.3f}" in md
+        assert j["tp"] == overall["tp"] and j["fp"] <= overall["fp"]  # the blind stems are all noisy
     # The requirements table says, from the numbers, whether each holds.
     reqs = report.requirements(report.gather(root / "runs"))
     assert len(reqs) == 5 and all(r["value"] is not None for r in reqs)
