@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The whole method on synthetic data, about 15 minutes on 2 CPU cores; report in runs/demo/report.html.
+# The whole method on synthetic data, about 9 minutes on 2 idle CPU cores; report in runs/demo/report.html.
 demo: install
 	$(PY) -m labelnoise.demo $(DEMO_ARGS)
 

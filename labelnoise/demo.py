@@ -1,6 +1,6 @@
 """The whole method end to end on a laptop CPU, with a report: what ``make demo`` runs.
 
-    python -m labelnoise.demo                                  # about 15 minutes on 2 CPU cores
+    python -m labelnoise.demo                                  # about 8 minutes on 2 idle CPU cores
     python -m labelnoise.demo --tracks 64 --seconds 30 --epochs-scale 4 --device cuda
     python -m labelnoise.demo --quick --out /tmp/demo/runs --data /tmp/demo/data   # a smoke run
     python -m labelnoise.report runs/demo                      # the report again, from the files
