@@ -1,6 +1,6 @@
 """Does loss truncation (and filtering) beat plain training under label noise? Test SDR per arm, same budget.
 
-    .venv/bin/python bench/noise_robustness.py                      # the default: ~40 min on 2 idle CPU cores
+    .venv/bin/python bench/noise_robustness.py                      # the default: 25 min on 2 idle CPU cores
     .venv/bin/python bench/noise_robustness.py --seeds 1 --arms plain,trunc_rel --epochs-scale 0.5
     .venv/bin/python bench/noise_robustness.py --epochs-scale 4 --tracks 64 --seconds 30 --device cuda
     .venv/bin/python bench/noise_robustness.py --arch htdemucs --device cuda --epochs-scale 8
@@ -157,10 +157,8 @@ class Noise:
 @dataclass(frozen=True)
 class Settings:
     """What the figures depend on (seeds, rates and arms may be added to a run folder)."""
-    # Default budget, 2 idle CPU cores at ~0.2 s a MaskNet step (issue 8): 4 + 2 + 2 epochs of 20 steps
-    # = 160 steps, ~37 s a model with start-up; 51 models (3 seeds x (1 clean + 2 rates x (6 arms of
-    # steps 1-3 + 2 joint360))) ~32 min, plus 6 filter passes over 16 tracks x 16 s x 4 stems
-    # (~1 min each): ~38 min. An estimate: the machine was never idle while this was written.
+    # Default budget: 4 + 2 + 2 epochs of 20 steps = 160 MaskNet steps per model; 51 models (3 seeds x
+    # (1 clean + 2 rates x 8 arms)) and 6 filter passes took 25 min on 2 idle CPU cores (BENCHMARKS.md).
     tracks: int = 16
     seconds: float = 16.0
     test_tracks: int = 6
