@@ -60,12 +60,12 @@ PART1 = ("step1", "step2", "step3")
 TEST_ONLY = ("test_tracks",)   # settings that change the scores, not the runs
 QUICK_BATCH = 8                # --quick: items per step, and 2 steps per pool epoch
 
-# Seconds on 2 idle CPU cores, to start the ETA before a stage of the kind has run:
-# MaskNet at 16 kHz, batch 16 x 1 s, about 0.2 s a step (issue 8).
+# Seconds on 2 idle CPU cores, to start the ETA before a stage of the kind has run; measured with the
+# default demo (docs/BENCHMARKS.md): MaskNet at 16 kHz, batch 16 x 1 s, about 0.2 s a step.
 PRIOR_RATES = {"train": 0.2 / 16,    # per item-second trained
-               "filter": 0.05,      # per second of sped-up stem (Rubber Band, then the model)
-               "infer": 0.04}       # per second of test audio separated (x models in a bag)
-PRIOR_FIXED = {"train": 4.0, "filter": 4.0, "select": 5.0, "bag": 4.0}  # start-up per command
+               "filter": 0.025,     # per second of sped-up stem (Rubber Band, then the model)
+               "infer": 0.008}      # per second of test audio separated (x models in a bag)
+PRIOR_FIXED = {"train": 4.0, "filter": 4.0, "select": 2.0, "bag": 1.0}  # start-up per command
 
 
 class DemoError(RuntimeError):
