@@ -202,6 +202,15 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def blind_text(m: dict) -> str:
+    """The figures of ``metrics`` without the stems no per-stem filter can see, in a sentence."""
+    j = m["judgeable"]
+    return (f"Without the {m['blind']} noisy stems that no filter judging one stem at a time can see "
+            f"({' and '.join(BLIND_KINDS)}): precision {_fmt(j['precision'])}, recall {_fmt(j['recall'])}. "
+            f"Kept as often as the clean stems, those {m['blind']} hold the precision below "
+            f"{_fmt(m['precision_ceiling'])} at any threshold.")
+
+
 def report_text(sel) -> str:
     lines = [f"# Automatic filter: {sel.suffix}", "",
              f"- volumes: `{sel.outputs}` ({sel.volumes_from})",
@@ -231,11 +240,7 @@ def report_text(sel) -> str:
         for name, c in [*m["per_source"].items(), ("**overall**", m["overall"])]:
             lines.append(f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | "
                          f"{c['tp']} | {c['fp']} | {c['fn']} | {c['tn']} |")
-        j = m["judgeable"]
-        lines += ["", f"Without the {m['blind']} noisy stems no filter judging one stem at a time can see "
-                  f"({' and '.join(BLIND_KINDS)}): precision {_fmt(j['precision'])}, recall {_fmt(j['recall'])}. "
-                  f"Kept at the clean stems' rate, those stems hold precision below "
-                  f"{_fmt(m['precision_ceiling'])} at any threshold."]
+        lines += ["", blind_text(m)]
         lines += ["", "### Keep rate per noise kind", "", "| kind | stems | kept | keep rate |", "|---|---:|---:|---:|"]
         for kind, k in m["per_kind"].items():
             lines.append(f"| {kind} | {k['total']} | {k['kept']} | {k['keep_rate']:.3f} |")

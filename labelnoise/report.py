@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from . import SOURCES
 from .atomic import atomic_path, write_text
 from .audio import read_audio
-from .filter_report import BLIND_KINDS
+from .filter_report import blind_text
 from .yamlio import read_mapping
 
 MANIFEST = "demo.json"
@@ -608,12 +608,8 @@ def build(facts: Facts) -> Doc:
         rows.append(["**all**", "", sel.get("rule", ""), f"{kept} / {total}", _fmt(o.get("precision"), 3),
                      _fmt(o.get("recall"), 3)])
         doc.table(["source", "threshold (dB)", "chosen by", "kept", "precision", "recall"], rows, "lrlrrr")
-        j = m.get("judgeable")
-        if j is not None:
-            doc.p(f"Without the {m['blind']} noisy stems that no filter judging one stem at a time can see "
-                  f"({' and '.join(BLIND_KINDS)}): precision {_fmt(j['precision'], 3)}, recall "
-                  f"{_fmt(j['recall'], 3)}. Kept as often as the clean stems, those {m['blind']} hold the "
-                  f"precision below {_fmt(m['precision_ceiling'], 3)} at any threshold.")
+        if "judgeable" in m:  # selections made before these figures existed lack them
+            doc.p(blind_text(m))
     kinds = {n: ((facts.selections.get(n) or {}).get("metrics") or {}).get("per_kind") or {} for n in FILTER_NAMES}
     names = list(dict.fromkeys(k for per in kinds.values() for k in per))
     if names:

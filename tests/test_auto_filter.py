@@ -320,7 +320,7 @@ def test_report_and_metrics_against_hand_counts(labelled, tmp_path):
         assert (dest / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (dest / "report.md").read_text()
     assert "| drums | 20.00 | fixed | 5 | 8 |" in report and "| drums | 0.800 | 1.000 |" in report
-    assert "Without the 8 noisy stems no filter judging one stem at a time can see" in report
+    assert "Without the 8 noisy stems that no filter judging one stem at a time can see" in report
     assert "below 0.667 at any threshold" in report
     rows = (dest / "margins.csv").read_text().splitlines()
     assert rows[0] == "track,stem,margin_db,kept,silent,noisy,kind" and len(rows) == 1 + 32
