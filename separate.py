@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import tqdm
+from labelnoise.progress import bar as progress_bar
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from labelnoise.audio import AudioError, info, read_audio, resample, write_audio
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
         refill()
         writes = []
-        for _ in tqdm.trange(len(todo), unit="file", desc="files"):
+        for _ in progress_bar(range(len(todo)), unit="file", desc="files"):
             path, future = pending.popleft()
             refill()
             try:

@@ -49,7 +49,6 @@ data folder made with other settings is refused.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -63,20 +62,19 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from labelnoise import SOURCES, pipeline
-from labelnoise.atomic import atomic_path, write_json, write_text
-from labelnoise.config import ConfigError, load_config
-from labelnoise.demo import Job, TestSet, synth_params_match
-from labelnoise.report import combined_shares, noisy_shares
+from labelnoise import SOURCES, pipeline, runner
+from labelnoise.atomic import write_json, write_text
+from labelnoise.config import load_config
+from labelnoise.demo import make_set as make_set_of
+from labelnoise.document import save_figure
+from labelnoise.report_stats import CLEAR, combined_shares, noisy_shares
 from labelnoise.selection import read_selection, write_pool
-from labelnoise.synth import NOISE_KINDS, generate, parse_kinds
-from labelnoise.trainer import TrainingError, train
+from labelnoise.synth import NOISE_KINDS, parse_kinds
 from labelnoise.yamlio import read_mapping
 
 log = logging.getLogger("noise_robustness")
 
-PART1 = ("step1", "step2", "step3")
-CLEAR = 2.0            # a difference counts when it exceeds this many standard errors over seeds
+PART1 = pipeline.PART1
 TEST_SEED = 1000       # the test set's data seed: no test song is a training song
 RESULT = "result.json"
 SETTINGS_FILE = "settings.json"
@@ -188,72 +186,55 @@ class Plan:
 
 def make_set(folder: Path, *, tracks: int, seconds: float, samplerate: int, seed: int, noise: Noise | None) -> bool:
     """Generate one synthetic set unless it is there already; a folder holding other data is an error."""
-    spec = dict(seed=seed, seconds=seconds, samplerate=samplerate, tracks=tracks,
+    spec = dict(folder=folder, seed=seed, seconds=seconds, samplerate=samplerate, tracks=tracks,
                 noise_rate=0.0 if noise is None else noise.rate)
-    ok, difference = synth_params_match(folder, spec)
-    kinds = parse_kinds(noise.kinds or None) if noise is not None else None
-    if ok:
-        return False
-    if difference or (folder.exists() and any(folder.iterdir())):
-        raise SystemExit(f"error: {folder}: holds other data ({difference or 'not a complete synthetic set'}); "
-                         f"delete it or give --data another folder")
-    generate(folder, tracks=tracks, seconds=seconds, noise_rate=spec["noise_rate"], seed=seed,
-             samplerate=samplerate, kinds=kinds, progress=False)
-    return True
+    return make_set_of(spec, kinds=parse_kinds(noise.kinds or None) if noise is not None else None)
 
 
 # ---------------------------------------------------------------- stages
 
-def _scaled_epochs(stage: pipeline.Stage, scale: float) -> int:
-    return max(1, round(load_config(stage.argv[1], stage.argv[2:])["optim"]["epochs"] * scale))
-
-
-def _items_per_epoch(settings: Settings, stage: pipeline.Stage) -> int:
-    optim = load_config(stage.argv[1], stage.argv[2:])["optim"]
-    return settings.steps_per_epoch * optim["batch_size"] * optim["accumulate"]
-
-
-def _budget_overrides(seed: int, epochs: int, items: int) -> list[str]:
-    return [f"optim.epochs={epochs}", f"data.items_per_epoch={items}", f"run.seed={seed}"]
-
-
-def layout_of(settings: Settings, runs: Path, data: Path, pools: Path) -> pipeline.Layout:
-    return replace(pipeline.PRESETS["demo"], configs=settings.configs, data=str(data), runs=str(runs),
-                   pools=str(pools), threshold=settings.threshold, overrides=tuple(settings.overrides))
-
-
-def arm_stages(arm: Arm, settings: Settings, seed: int, runs: Path, data: Path, pools: Path,
-               device: str) -> list[pipeline.Stage]:
-    """The pipeline's steps 1-3 (+ filter, select, joint360 for (d)) with the arm's losses and the budget."""
-    layout = layout_of(settings, runs, data, pools)
-    chain = pipeline.stages("all", layout)
-    part1 = chain[:3]
-    epochs = [_scaled_epochs(s, settings.epochs_scale) for s in part1]
-    if arm.pool_all:
-        joint = chain[5]
-        items = sum(e * _items_per_epoch(settings, s) for s, e in zip(part1, epochs))
-        per_batch = _items_per_epoch(settings, joint) // settings.steps_per_epoch
-        per_epoch = max(1, round(items / sum(epochs) / per_batch)) * per_batch
-        pool = pipeline.Stage("pool_all", "pool", (), ("every stem of", str(data), "->", str(all_stems_pool(data))),
-                              str(all_stems_pool(data) / "done"))
-        return [pool, replace(joint, after=("pool_all",), argv=(
-            *joint.argv, f"data.root={all_stems_pool(data)}", *_budget_overrides(seed, sum(epochs), per_epoch)))]
+def _part1_budget(settings: Settings, layout: pipeline.Layout) -> list[tuple[str, int, int]]:
+    """(step, epochs, items per epoch) of steps 1-3: the configs' epochs x scale, fixed steps per epoch."""
     out = []
-    for stage, spec, e in zip(part1, arm.steps, epochs):
-        argv = (*stage.argv, *_budget_overrides(seed, e, _items_per_epoch(settings, stage)), *spec)
-        out.append(replace(stage, argv=argv))
-    if arm.filtered:
-        filt, select, joint = chain[3:6]
-        assert (filt.kind, select.kind, joint.name) == ("filter", "select", "joint360"), "pipeline order changed"
-        out.append(replace(filt, argv=(*filt.argv, "--device", device)))
-        out.append(select)
-        # From scratch on the kept stems, seeing as many items as each other arm's model.
-        # As many epochs as steps 1-3 together, each of their mean size, in whole batches of joint360's.
-        items = sum(e * _items_per_epoch(settings, s) for s, e in zip(part1, epochs))
-        per_batch = _items_per_epoch(settings, joint) // settings.steps_per_epoch
-        per_epoch = max(1, round(items / sum(epochs) / per_batch)) * per_batch
-        out.append(replace(joint, argv=(*joint.argv, *_budget_overrides(seed, sum(epochs), per_epoch))))
+    for stage in pipeline.stages("part1", layout):
+        optim = load_config(stage.argv[1], list(stage.argv[2:]))["optim"]
+        out.append((stage.name, max(1, round(optim["epochs"] * settings.epochs_scale)),
+                    settings.steps_per_epoch * optim["batch_size"] * optim["accumulate"]))
     return out
+
+
+def layout_of(arm: Arm, settings: Settings, seed: int, runs: Path, data: Path, pools: Path) -> pipeline.Layout:
+    """The demo's preset with the arm's losses and the budget, as scoped overrides of the stages.
+
+    Every model sees the same items: steps 1-3 as many as the configs' epochs x ``--epochs-scale`` at
+    ``--steps-per-epoch``; joint360 (arms d, d0) from scratch as many as steps 1-3 together, in epochs of
+    their mean size, in whole batches of its own.
+    """
+    base = replace(pipeline.PRESETS["demo"], configs=settings.configs, data=str(data), runs=str(runs),
+                   pools=str(pools), threshold=settings.threshold,
+                   overrides=(*settings.overrides, f"run.seed={seed}"))
+    part1 = _part1_budget(settings, base)
+    budget = [o for step, epochs, items in part1
+              for o in (f"{step}:optim.epochs={epochs}", f"{step}:data.items_per_epoch={items}")]
+    steps = [f"{step}:{o}" for (step, _, _), spec in zip(part1, arm.steps) for o in spec]
+    joint = next(s for s in pipeline.stages("part2", base) if s.name == pipeline.JOINT)
+    optim = load_config(joint.argv[1], list(joint.argv[2:]))["optim"]
+    per_batch = optim["batch_size"] * optim["accumulate"]
+    items = sum(epochs * n for _, epochs, n in part1)
+    epochs = sum(epochs for _, epochs, _ in part1)
+    per_epoch = max(1, round(items / epochs / per_batch)) * per_batch
+    budget += [f"{pipeline.JOINT}:optim.epochs={epochs}", f"{pipeline.JOINT}:data.items_per_epoch={per_epoch}"]
+    if arm.pool_all:
+        budget.append(f"{pipeline.JOINT}:data.root={all_stems_pool(data)}")
+    return replace(base, overrides=(*base.overrides, *budget, *steps))
+
+
+def arm_chain(arm: Arm, layout: pipeline.Layout) -> list[pipeline.Stage]:
+    """Steps 1-3; (d): through the first filter, its selection and joint360; (d0): joint360 alone."""
+    chain = pipeline.stages("all", layout)
+    if arm.pool_all:
+        return pipeline.select_from(chain, pipeline.JOINT, pipeline.JOINT)
+    return pipeline.select_from(chain, None, pipeline.JOINT if arm.filtered else pipeline.PART1[-1])
 
 
 def all_stems_pool(data: Path) -> Path:
@@ -264,26 +245,10 @@ def write_all_stems_pool(data: Path) -> None:
     """Part 2's pool layout (``train/{stem}/{track}.wav``, hard links) holding every stem of ``data``."""
     tracks = sorted(p.name for p in data.iterdir() if p.is_dir())
     dest = all_stems_pool(data)
+    if (dest / "done").is_file():
+        return
     write_pool(data, dest, {s: tracks for s in SOURCES}, link=True, progress=False)
     write_text(dest / "done", f"{len(tracks)} tracks x {len(SOURCES)} stems\n")
-
-
-def run_train(stage: pipeline.Stage, device: str, log_file: Path) -> None:
-    """A train stage in this process (a new interpreter per stage would cost seconds each, x 100 stages).
-
-    Its progress bars go to ``log_file``, as a subprocess stage's output does.
-    """
-    script, config, *overrides = stage.argv
-    if script != "train.py":
-        raise ValueError(f"stage {stage.name}: not a train.py stage ({script})")
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(log_file, "a") as out, contextlib.redirect_stderr(out):
-            code = train(load_config(config, overrides), device=device)
-    except (ConfigError, TrainingError) as exc:
-        raise pipeline.PipelineError(f"stage {stage.name} ({stage.done}): {exc}") from None
-    if code != 0 or not stage.is_done():
-        raise pipeline.PipelineError(f"stage {stage.name} stopped with code {code} before {stage.done}")
 
 
 # ---------------------------------------------------------------- one arm
@@ -304,9 +269,9 @@ def truncation_shares(runs: Path) -> dict | None:
     return combined_shares(parts)
 
 
-def run_arm(name: str, arm: Arm, settings: Settings, plan: Plan, noise: Noise | None, test_set: TestSet,
+def run_arm(name: str, arm: Arm, settings: Settings, plan: Plan, noise: Noise | None, test_dir: Path,
             device: str) -> tuple[dict, bool]:
-    """Train (what is not done yet), score on the test set, write the arm's result.json.
+    """Train what is not done yet through the pipeline's runner, score the last model, write result.json.
 
     Returns the result and whether it was there already.
     """
@@ -317,22 +282,19 @@ def run_arm(name: str, arm: Arm, settings: Settings, plan: Plan, noise: Noise | 
     # (d) continues in (c)'s run folder: its steps 1-3 are (c)'s own runs.
     runs = plan.arm_dir(noise, "trunc") if arm.filtered else where
     data = plan.train_set(None if arm.data == "clean" else noise)
-    stages = arm_stages(arm, settings, plan.seed, runs, data, data.parent, device)
+    layout = layout_of(arm, settings, plan.seed, runs, data, data.parent)
+    chain = arm_chain(arm, layout)
+    if arm.pool_all:
+        write_all_stems_pool(data)
+    jobs = runner.plan(chain, layout, test_seconds=settings.test_tracks * settings.seconds, device=device)
+    for job in jobs[:-1]:
+        job.eval = None  # the arm is judged by its last model
     wall, cpu = time.monotonic(), _cpu_seconds()
-    for stage in stages:
-        if stage.is_done():
-            continue
-        log_file = where / "logs" / f"{stage.name}.log"
-        if stage.kind == "train":
-            run_train(stage, device, log_file)
-        elif stage.kind == "pool":
-            write_all_stems_pool(data)
-        else:
-            pipeline.run_stage(stage, log_file=log_file)
-    last = stages[-1]
-    run_dir = Path(last.done).parent
-    job = Job(last, name, model=str(run_dir / "model.th"), eval=str(run_dir / "test_sdr.json"))
-    report = test_set.evaluate(job)
+    where.mkdir(parents=True, exist_ok=True)
+    with open(where / "progress.log", "a") as lines:
+        runner.run(jobs, layout, test=test_dir, device=device, here=True, label=name,
+                   say=lambda text: print(text, file=lines, flush=True))
+    report = json.loads(Path(jobs[-1].eval).read_text())
     result = {
         "arm": name, "key": arm.key, "what": arm.what, "seed": plan.seed,
         "noise": None if noise is None else dataclasses.asdict(noise),
@@ -340,9 +302,9 @@ def run_arm(name: str, arm: Arm, settings: Settings, plan: Plan, noise: Noise | 
                 "mean": report["summary"]["mean"]},
         "per_track": {t: v["mean"] for t, v in report["scores"].items()},
         "shares": truncation_shares(runs) if arm.truncates else None,
-        "filter": _filter_figures(stages) if arm.filtered else None,
+        "filter": _filter_figures(chain) if arm.filtered else None,
         "wall_seconds": round(time.monotonic() - wall, 1), "cpu_seconds": round(_cpu_seconds() - cpu, 1),
-        "commands": [["python", *s.argv] for s in stages if s.kind != "pool"],
+        "commands": [["python", *s.argv] for s in chain],
     }
     write_json(result_path, result)
     return result, False
@@ -491,9 +453,7 @@ def plot(summary: dict, names: list[str], all_arms: dict[str, Arm], path: Path, 
         ax.set_title(f"{block['label']}: mean ± std over seeds (dots: seeds)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the run
@@ -506,8 +466,9 @@ def check_settings(out: Path, settings: Settings) -> None:
         differ = [k for k in mine if theirs.get(k) != mine[k]]
         if differ:
             k = differ[0]
-            raise SystemExit(f"error: {path}: made with other settings ({k} {theirs.get(k)!r}, now {mine[k]!r}); "
-                             f"delete {out} or give --out another folder")
+            raise pipeline.PipelineError(f"{path}: this folder holds results made with other settings ({k} "
+                                         f"{theirs.get(k)!r}, now {mine[k]!r}); run with the same settings, "
+                                         f"or give --out another folder")
     else:
         write_json(path, mine)
 
@@ -580,11 +541,9 @@ def main(argv=None) -> int:
                         epochs_scale=args.epochs_scale, steps_per_epoch=args.steps_per_epoch,
                         configs=args.configs or ARCH_CONFIGS[args.arch], threshold=args.threshold,
                         variants_by=args.variants_by, overrides=tuple(args.set))
-    out, data = args.out, args.data
     say = lambda text: print(text, flush=True)  # noqa: E731
     step1 = load_config(Path(settings.configs) / "step1.yaml", list(settings.overrides))
     samplerate = step1["data"]["samplerate"]
-    all_arms = arms(settings.variants_by)
     names = args.arm_names
     # (d) needs (c)'s runs; (c) is then trained anyway, so it is shown too.
     if "filtered" in names and "trunc" not in names:
@@ -593,17 +552,26 @@ def main(argv=None) -> int:
               f"{settings.test_tracks} clean test tracks, configs {settings.configs}, epochs x "
               f"{settings.epochs_scale:g} of steps 1-3 at {settings.steps_per_epoch} steps per epoch, "
               f"seeds 1..{args.seeds}, device {args.device}.")
+    try:
+        return run_all(args, settings, names, header, samplerate, say)
+    except pipeline.PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_all(args, settings: Settings, names: list[str], header: str, samplerate: int, say) -> int:
+    """Every seed, noise setting and arm not done yet; the table, JSON and plot after each arm."""
+    out, data = args.out, args.data
+    all_arms = arms(settings.variants_by)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
     if args.report_only:
         say(write_outputs(out, settings, args.noises, names, header))
         return 0
-
     started = time.monotonic()
     test_dir = data / "test"
     make_set(test_dir, tracks=settings.test_tracks, seconds=settings.seconds, samplerate=samplerate,
              seed=TEST_SEED, noise=None)
-    test_set = TestSet(test_dir, args.device)
     jobs = []
     for seed in range(1, args.seeds + 1):
         plan = Plan(seed, data, out)
@@ -619,7 +587,7 @@ def main(argv=None) -> int:
                  seed=plan.seed, noise=noise)
         head = f"[{i:3d}/{len(jobs)}] seed {plan.seed} {'clean' if noise is None else noise.slug:<22} {name:<13}"
         try:
-            result, cached = run_arm(name, arm, settings, plan, noise, test_set, args.device)
+            result, cached = run_arm(name, arm, settings, plan, noise, test_dir, args.device)
         except pipeline.PipelineError as exc:
             say(f"{head} FAILED: {exc}")
             return 1

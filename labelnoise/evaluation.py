@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import tqdm
+from .progress import bar as progress_bar
 
 from . import SOURCES
 from .atomic import write_json, write_text
@@ -151,7 +151,7 @@ def evaluate_dirs(ref_dir: str | os.PathLike, est_dir: str | os.PathLike,
     """Score ``est_dir/<track>/<source>.wav`` against every track of ``ref_dir``."""
     est_dir = Path(est_dir)
     collected = _Scores(sources)
-    for folder in tqdm.tqdm(list_tracks(ref_dir), unit="track", disable=not progress):
+    for folder in progress_bar(list_tracks(ref_dir), unit="track", disable=not progress):
         for source in sources:
             ref_path, est_path = folder / f"{source}.wav", est_dir / folder.name / f"{source}.wav"
             ref_rate, est_rate = info(ref_path).samplerate, info(est_path).samplerate
@@ -183,7 +183,7 @@ def evaluate_model(model, tracks: str | os.PathLike | Sequence[Track], *,
     if isinstance(tracks, (str, os.PathLike)):
         tracks = load_tracks(tracks, sources, model.audio_channels)
     collected = _Scores(sources)
-    for track in tqdm.tqdm(tracks, unit="track", disable=not progress):
+    for track in progress_bar(tracks, unit="track", disable=not progress):
         estimates = separate_array(model, track.mix, track.samplerate, **apply_kwargs)
         for source in sources:
             estimate = estimates[model_sources.index(source)]

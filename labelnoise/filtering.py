@@ -45,7 +45,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import tqdm
+from .progress import bar as progress_bar
 from torch import nn
 
 from . import SOURCES
@@ -456,7 +456,7 @@ def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, 
     def load(pair):
         return _prepare(pair, samplerate, channels, key, speed, skip_bad)
 
-    with open(path, "a") as handle, tqdm.tqdm(total=len(pairs), unit="stem", desc="filter",
+    with open(path, "a") as handle, progress_bar(total=len(pairs), unit="stem", desc="filter",
                                              disable=not progress) as bar:
         for item in _prefetch(pairs, load, prefetch):
             pair = item.pair

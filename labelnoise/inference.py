@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-import tqdm
+from .progress import bar as progress_bar
 from torch import nn
 
 from .bag import Bag
@@ -96,7 +96,7 @@ def apply(model: nn.Module, mix: torch.Tensor, *, segment: float | None = None,
         mix, mean, std = _normalise(mix)
     total = sum(_count_forwards(m, mix.shape[-1], segment, overlap, offs, max_shift, mode)
                 for (m, _), offs in zip(members, offsets))
-    with tqdm.tqdm(total=total, unit="chunk", disable=not progress, leave=False,
+    with progress_bar(total=total, unit="chunk", disable=not progress, leave=False,
                    desc="separating") as bar:
         runner.bar = bar
         # Bag estimates are summed as they come (one track-sized tensor at a time).

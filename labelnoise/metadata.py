@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
+from .progress import bar as progress_bar
 
 from . import SOURCES
 from .atomic import write_json
@@ -192,7 +192,7 @@ def index_dataset(root: str | os.PathLike, *, out: str | os.PathLike | None = No
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(index_file, root / rel): (s, rel, track) for s, rel, track in todo}
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="index", unit="file",
+            for fut in progress_bar(as_completed(futures), total=len(futures), desc="index", unit="file",
                             disable=not progress or not futures):
                 s, rel, track = futures[fut]
                 try:
@@ -243,7 +243,9 @@ def load_metadata(root_or_json) -> dict:
         elif default_metadata_path(path).is_file():
             path = default_metadata_path(path)
         else:
-            log.info("%s: no %s; indexing in memory (run create_metadata.py to keep it)", path, METADATA_NAME)
+            log.info("%s: indexing in memory: no index at %s or %s (python create_metadata.py %s writes "
+                     "the second; training then reads it)", path, path / METADATA_NAME,
+                     default_metadata_path(path), path)
             return index_dataset(path, progress=False)
     try:
         meta = json.loads(path.read_text())

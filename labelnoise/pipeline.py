@@ -1,55 +1,81 @@
-"""The method's stage order: one definition for the Makefile, the demo, the SLURM scripts and submit.py.
+"""The method's stages in order, and the one command that runs them with their control arms and scores.
 
-Part 1 trains on the raw noisy tracks with loss truncation; part 2 filters
-with that model, trains on the stems it kept, filters again with the new
-model, fine-tunes one model per source and bags them:
+Every other place that runs stages takes them from here: the Makefile, the
+demo, bench/noise_robustness.py, slurm/part1.sh, slurm/part2.sh and
+slurm/submit.py.
 
     part1: step1 -> step2 -> step3
     part2: filter_pretrain3 -> select_pretrain3 -> joint360 -> filter_filtered360
            -> select_filtered360 -> {vocals, bass, drums, other_trunc -> other} -> bag
+    arms:  baseline_step1..3 (steps 1-3 again with plain L1, the same data and budget)
+           clean_step1..3    (the same on --clean, the clean twin of the tracks)
+
+The method on your own noisy stems, scored on your clean test tracks, with a report:
+
+    python -m labelnoise.pipeline run all --data TRAIN --test TEST --arms baseline --report
+    python -m labelnoise.pipeline run all --data TRAIN --clean CLEAN --test TEST --arms baseline,clean --report
+    python -m labelnoise.pipeline run all --preset demo --data data/demo/train --epochs-scale 0.5
+    python -m labelnoise.pipeline run part1 --nproc 8                       # torchrun over 8 GPUs per stage
+    python -m labelnoise.pipeline run part2 --from joint360 --set joint360:optim.lr=2e-4
+    python -m labelnoise.pipeline list all --format tsv                     # what the SLURM scripts read
+    python -m labelnoise.pipeline bag --runs runs                           # write runs/final.yaml
 
 Every stage is one command (``train.py``, ``filter.py``, ``auto_filter.py``
-or ``python -m labelnoise.pipeline bag``) with explicit paths, so a stage can
-run anywhere: here one after the other, or as a chain of SLURM jobs. Each
-command is idempotent: a finished stage returns at once, an interrupted one
-continues.
+or ``python -m labelnoise.pipeline bag``) with explicit paths, so a stage
+runs anywhere: here one after the other (``run``, labelnoise.runner), or as
+a chain of SLURM jobs. Each command is idempotent: a finished stage returns
+at once, an interrupted one continues.
 
-    python -m labelnoise.pipeline list part2                 # the stages and their commands
-    python -m labelnoise.pipeline list all --format tsv      # name, kind, after, parallel, command
-    python -m labelnoise.pipeline run part1 --nproc 8        # torchrun --nproc_per_node=8 per stage
-    python -m labelnoise.pipeline run part2 --from joint360
-    python -m labelnoise.pipeline run all --preset tiny --nproc 2
-    python -m labelnoise.pipeline bag --runs runs            # write runs/final.yaml
-
-Presets name the configs and where data and runs live: ``full`` (configs/,
-data/labelnoise, runs/: the original's schedule), ``tiny`` (configs/tiny/,
-for tests) and ``demo`` (configs/demo/). ``--data``, ``--runs``, ``--pools``,
-``--threshold`` and ``--set a.b=value`` (to every training stage) override them.
+Presets name the configs, where data and runs live and the overrides they
+stand for: ``full`` (configs/, data/labelnoise, runs/: the original's
+schedule), ``tiny`` (configs/tiny/, for tests) and ``demo`` (configs/demo/,
+MaskNet at 16 kHz, truncation ranked by relative error). ``--set
+[SCOPE:]a.b=value`` overrides a config key for every training stage, or for
+one SCOPE: a stage (``step1``), a part (``part1``, ``part2``) or an arm
+(``baseline``, ``clean``). An arm's stages also take the overrides of the
+steps they repeat (``step1``, ``part1``), so that they keep the method's
+budget; then their own plain L1.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
+import math
 import shlex
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import SOURCES
 from .atomic import write_text
 
-log = logging.getLogger(__name__)
-
 PARTS = ("part1", "part2", "all")
 KINDS = ("train", "filter", "select", "bag")
+PART1 = ("step1", "step2", "step3")
+JOINT = "joint360"   # trained from scratch on the first filter's pool
 FINETUNES = ("vocals", "bass", "drums", "other_trunc")
+# The two filter passes: (filter name, the run whose model filters, the filter's chunking).
+# The first uses overlap-add, the second plain normalised chunks (REFERENCE.md).
+FILTERS = (("pretrain3", PART1[-1], "overlap"), ("filtered360", JOINT, "plain"))
 BAG_FILE = "final.yaml"
+BAG_STAGE = "bag"
 # The stage whose model gives each source of the final bag.
 BAG_SOURCES = {"drums": "drums", "bass": "bass", "other": "other", "vocals": "vocals"}
+# --quick: items per step, and 2 steps per epoch: checks the machinery, learns nothing.
+QUICK_BATCH = 8
+# How each model came about, in words (the report's SDR table).
+DESCRIPTIONS = {
+    "step1": "noisy tracks, truncated L1 (C 0.7)",
+    "step2": "+ truncated L1 (C 0.5)",
+    "step3": "+ truncated L1 (C 0.3): the first filter's model",
+    "joint360": "from scratch on the stems filter 1 kept, L1",
+    "vocals": "joint360 + fine-tune on filter 2's stems (vocals loss)",
+    "bass": "joint360 + fine-tune (bass + vocals loss)",
+    "drums": "joint360 + fine-tune (mostly drums loss)",
+    "other_trunc": "joint360 + fine-tune, truncated L1 (C 0.9)",
+    "other": "other_trunc + fine-tune (other loss)",
+    BAG_STAGE: "final: each source from its own fine-tune",
+}
 
 
 class PipelineError(RuntimeError):
@@ -57,8 +83,23 @@ class PipelineError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Arm:
+    """A control arm: steps 1-3 again with other overrides, as runs ``{name}_step1..3``."""
+    name: str
+    what: str                       # in words, for the report
+    data: str = "noisy"             # noisy: the method's --data; clean: --clean
+    overrides: tuple[str, ...] = ("optim.loss=l1",)
+
+
+ARMS = {
+    "baseline": Arm("baseline", "plain L1 on the same noisy tracks"),
+    "clean": Arm("clean", "plain L1 on the clean twin of the tracks", data="clean"),
+}
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Where a pipeline reads and writes; every path is used as given (relative: to the cwd)."""
+    """What a chain of stages is made from; every path is used as given (relative: to the cwd)."""
     configs: str = "configs"
     data: str = "data/labelnoise"   # the noisy track folders
     runs: str = "runs"              # run.root of every training stage; filter outputs too
@@ -66,7 +107,11 @@ class Layout:
     key: int = 6
     speed: int = 200
     threshold: str = "20"           # auto_filter's rule: dB, "auto", or "keep=F" (keep fraction)
-    overrides: tuple[str, ...] = () # a.b=value for every training stage
+    overrides: tuple[str, ...] = () # "[SCOPE:]a.b=value" for the training stages
+    clean: str | None = None        # the clean twin of `data`, for the clean arm
+    arms: tuple[str, ...] = ()      # control arms run after part 1
+    epochs_scale: float = 1.0       # x every training stage's epochs (a fine-tune: at least one past its parent)
+    quick: bool = False             # one short epoch per stage
 
 
 PRESETS = {
@@ -74,7 +119,7 @@ PRESETS = {
     "tiny": Layout(configs="configs/tiny", data="data/tiny", runs="runs/tiny", pools="data/tiny_pools",
                    threshold="auto"),
     "demo": Layout(configs="configs/demo", data="data/demo/train", runs="runs/demo", pools="data/demo",
-                   threshold="auto"),
+                   threshold="auto", overrides=("part1:optim.trunc_by=relative",)),
 }
 
 
@@ -86,7 +131,17 @@ class Stage:
     argv: tuple[str, ...]           # arguments to python: a script (or -m module) and its arguments
     done: str                       # a path that exists once the stage has finished
     parallel: bool = False          # runs under torchrun over the job's GPUs / processes
-    part: str = field(default="part2", compare=False)
+    part: str = field(default="part2", compare=False)  # part1 | part2 | an arm's name
+    repeats: str | None = field(default=None, compare=False)  # an arm's stage: the step it repeats
+
+    @property
+    def group(self) -> str:
+        """``method`` for the method's own stages, else the arm's name."""
+        return "method" if self.part in ("part1", "part2") else self.part
+
+    @property
+    def run_dir(self) -> str:
+        return str(Path(self.done).parent)
 
     def command(self, python: str = sys.executable, nproc: int = 1) -> list[str]:
         """The command line for one machine: torchrun over ``nproc`` processes for parallel stages."""
@@ -112,6 +167,49 @@ def pool_dir(name: str, layout: Layout) -> str:
     return f"{layout.pools}/labelnoise_clean_dataset_predicted_by_{suffix(name, layout)}"
 
 
+# ---------------------------------------------------------------- overrides
+
+def split_override(text: str) -> tuple[str | None, str]:
+    """``"step1:optim.lr=1e-3"`` -> ``("step1", "optim.lr=1e-3")``; no scope -> ``(None, text)``."""
+    key = text.split("=", 1)[0]
+    if ":" in key:
+        scope, _, rest = text.partition(":")
+        return scope, rest
+    return None, text
+
+
+def scopes(stage_name: str, part: str, repeats: str | None = None) -> set[str]:
+    """The scopes whose overrides a training stage takes."""
+    out = {stage_name, part}
+    if repeats is not None:  # an arm's stage keeps the budget of the step it repeats
+        out |= {repeats, "part1"}
+    return out
+
+
+def scoped(layout: Layout, names: set[str]) -> list[str]:
+    """The layout's overrides that apply to a stage of these scopes, in the order given."""
+    out = []
+    for text in layout.overrides:
+        scope, override = split_override(text)
+        if scope is None or scope in names:
+            out.append(override)
+    return out
+
+
+def _check_scopes(layout: Layout, chain: list[Stage]) -> None:
+    known = {s.name for s in stages_of_method(layout)} | {"part1", "part2"} | set(ARMS)
+    known |= {f"{arm}_{step}" for arm in ARMS for step in PART1}
+    for text in layout.overrides:
+        scope, override = split_override(text)
+        if "=" not in override:
+            raise PipelineError(f"--set {text!r}: expected [SCOPE:]a.b=value")
+        if scope is not None and scope not in known:
+            raise PipelineError(f"--set {text!r}: unknown scope {scope!r}; scopes: part1, part2, "
+                                f"{', '.join(ARMS)} or a stage ({', '.join(s.name for s in chain)})")
+
+
+# ---------------------------------------------------------------- stages
+
 def _threshold_args(layout: Layout) -> list[str]:
     if layout.threshold.startswith("keep="):
         # auto_filter's positional threshold is still required; --keep-fraction overrides it.
@@ -120,17 +218,17 @@ def _threshold_args(layout: Layout) -> list[str]:
 
 
 def _train(name: str, after: tuple[str, ...], data: str, layout: Layout, part: str) -> Stage:
-    argv = ("train.py", f"{layout.configs}/{name}.yaml", f"run.root={layout.runs}",
-            f"data.root={data}", *layout.overrides)
+    argv = ("train.py", f"{layout.configs}/{name}.yaml", f"run.root={layout.runs}", f"data.root={data}",
+            *scoped(layout, scopes(name, part)))
     return Stage(name, "train", after, argv, f"{layout.runs}/{name}/done", parallel=True, part=part)
 
 
-def _filter(model_run: str, name: str, mode: str, after: str, layout: Layout) -> Stage:
+def _filter(name: str, model_run: str, mode: str, layout: Layout) -> Stage:
     out = filter_outputs(name, layout)
     argv = ("filter.py", "--model", f"{layout.runs}/{model_run}/model.th", "--data", layout.data,
             "--name", name, "--key", str(layout.key), "--speed", str(layout.speed),
             "--mode", mode, "--out", out)
-    return Stage(f"filter_{name}", "filter", (after,), argv, f"{out}/volumes.jsonl", parallel=True)
+    return Stage(f"filter_{name}", "filter", (model_run,), argv, f"{out}/volumes.jsonl", parallel=True)
 
 
 def _select(name: str, layout: Layout) -> Stage:
@@ -140,43 +238,104 @@ def _select(name: str, layout: Layout) -> Stage:
     return Stage(f"select_{name}", "select", (f"filter_{name}",), argv, f"{dest}/selection.json")
 
 
+def stages_of_method(layout: Layout) -> list[Stage]:
+    """Parts 1 and 2 of the method, before budgets: the one definition of their order."""
+    p1 = [_train(step, (PART1[k - 1],) if k else (), layout.data, layout, "part1") for k, step in enumerate(PART1)]
+    (first, first_model, first_mode), (second, second_model, second_mode) = FILTERS
+    p2 = [
+        _filter(first, first_model, first_mode, layout),
+        _select(first, layout),
+        _train(JOINT, (f"select_{first}",), pool_dir(first, layout), layout, "part2"),
+        _filter(second, second_model, second_mode, layout),
+        _select(second, layout),
+        *[_train(name, (f"select_{second}",), pool_dir(second, layout), layout, "part2") for name in FINETUNES],
+        _train("other", ("other_trunc",), pool_dir(second, layout), layout, "part2"),
+        Stage(BAG_STAGE, "bag", tuple(dict.fromkeys(BAG_SOURCES.values())),
+              ("-m", "labelnoise.pipeline", "bag", "--runs", layout.runs), f"{layout.runs}/{BAG_FILE}"),
+    ]
+    return p1 + p2
+
+
+def arm_stages(arm: Arm, layout: Layout) -> list[Stage]:
+    """Steps 1-3 again with the arm's overrides (same configs, epochs and learning rates)."""
+    if arm.data == "clean" and not layout.clean:
+        raise PipelineError(f"arm {arm.name} trains on the clean twin of the tracks: give --clean FOLDER")
+    data = layout.clean if arm.data == "clean" else layout.data
+    out, previous = [], None
+    for step in PART1:
+        name = f"{arm.name}_{step}"
+        argv = ["train.py", f"{layout.configs}/{step}.yaml", f"run.root={layout.runs}", f"data.root={data}",
+                *scoped(layout, scopes(name, arm.name, step)), *arm.overrides, f"run.name={name}"]
+        if previous is not None:
+            argv.append(f"run.init_from={previous}")
+        out.append(Stage(name, "train", (previous,) if previous else (), tuple(argv),
+                         f"{layout.runs}/{name}/done", parallel=True, part=arm.name, repeats=step))
+        previous = name
+    return out
+
+
 def stages(part: str = "all", layout: Layout = Layout()) -> list[Stage]:
-    """The stages of ``part`` in an order that respects ``after``."""
+    """The stages of ``part`` (with the layout's arms after part 1), in an order that respects ``after``."""
     if part not in PARTS:
         raise PipelineError(f"unknown part {part!r}; choose one of {PARTS}")
-    p1 = [
-        _train("step1", (), layout.data, layout, "part1"),
-        _train("step2", ("step1",), layout.data, layout, "part1"),
-        _train("step3", ("step2",), layout.data, layout, "part1"),
-    ]
-    first, second = pool_dir("pretrain3", layout), pool_dir("filtered360", layout)
-    p2 = [
-        # The first filter uses overlap-add, the second plain normalised chunks (REFERENCE.md).
-        _filter("step3", "pretrain3", "overlap", "step3", layout),
-        _select("pretrain3", layout),
-        _train("joint360", ("select_pretrain3",), first, layout, "part2"),
-        _filter("joint360", "filtered360", "plain", "joint360", layout),
-        _select("filtered360", layout),
-        *[_train(name, ("select_filtered360",), second, layout, "part2") for name in FINETUNES],
-        _train("other", ("other_trunc",), second, layout, "part2"),
-        Stage("bag", "bag", ("vocals", "bass", "drums", "other"),
-              ("-m", "labelnoise.pipeline", "bag", "--runs", layout.runs),
-              f"{layout.runs}/{BAG_FILE}"),
-    ]
-    return {"part1": p1, "part2": p2, "all": p1 + p2}[part]
+    unknown = [a for a in layout.arms if a not in ARMS]
+    if unknown:
+        raise PipelineError(f"unknown arm {unknown[0]!r}; arms: {', '.join(ARMS)}")
+    chain = stages_of_method(layout)
+    for name in layout.arms:
+        chain += arm_stages(ARMS[name], layout)
+    _check_scopes(layout, chain)
+    if layout.epochs_scale != 1.0 or layout.quick:
+        chain = with_budget(chain, layout)
+    keep = {"part1": ("part1", *layout.arms), "part2": ("part2",), "all": None}[part]
+    return [s for s in chain if keep is None or s.part in keep]
 
 
-def select_from(chain: list[Stage], start: str | None) -> list[Stage]:
-    """The stages from ``start`` on (``None``: all); an unknown name is an error listing the names."""
-    if start is None:
-        return chain
+def with_budget(chain: list[Stage], layout: Layout) -> list[Stage]:
+    """Every training stage's epochs x ``epochs_scale`` (``quick``: one short epoch past its parent).
+
+    A fine-tune continues its parent's epoch counter, so it runs at least one epoch past it.
+    """
+    from .config import ConfigError, load_config
+
+    done: dict[str, int] = {}
+    out = []
+    for stage in chain:
+        if stage.kind != "train":
+            out.append(stage)
+            continue
+        try:
+            cfg = load_config(stage.argv[1], list(stage.argv[2:]))
+        except ConfigError as exc:
+            raise PipelineError(f"stage {stage.name}: {exc}") from None
+        parent = done.get(cfg["run"]["resume_from"], 0) if cfg["run"]["resume_from"] else 0
+        extra = []
+        if layout.quick:
+            epochs = parent + 1
+            extra += [f"optim.batch_size={QUICK_BATCH}", f"data.items_per_epoch={2 * QUICK_BATCH}"]
+        else:
+            epochs = max(parent + 1, round(cfg["optim"]["epochs"] * layout.epochs_scale))
+        done[cfg["run"]["name"]] = epochs
+        out.append(replace(stage, argv=(*stage.argv, *extra, f"optim.epochs={epochs}")))
+    return out
+
+
+def select_from(chain: list[Stage], start: str | None, stop: str | None = None) -> list[Stage]:
+    """The stages from ``start`` to ``stop`` (both included; None: the ends); unknown names are errors."""
     names = [s.name for s in chain]
-    if start not in names:
-        raise PipelineError(f"unknown stage {start!r}; stages: {', '.join(names)}")
-    return chain[names.index(start):]
+    for name in (start, stop):
+        if name is not None and name not in names:
+            raise PipelineError(f"unknown stage {name!r}; stages: {', '.join(names)}")
+    first = 0 if start is None else names.index(start)
+    last = len(chain) if stop is None else names.index(stop) + 1
+    return chain[first:last]
 
 
-def write_bag(runs: str | os.PathLike) -> Path:
+def train_stages(chain: list[Stage]) -> list[Stage]:
+    return [s for s in chain if s.kind == "train"]
+
+
+def write_bag(runs: str | Path) -> Path:
     """``RUNS/final.yaml``: each source from the model fine-tuned for it (one-hot rows)."""
     runs = Path(runs)
     models, rows = [], []
@@ -194,58 +353,54 @@ def write_bag(runs: str | os.PathLike) -> Path:
     return path
 
 
-def run_stage(stage: Stage, *, nproc: int = 1, python: str = sys.executable, env=None,
-              log_file: str | os.PathLike | None = None) -> float:
-    """Run one stage here; returns its seconds. A non-zero exit is a PipelineError naming the stage.
+# ---------------------------------------------------------------- command line
 
-    ``log_file``: the command's output is appended to that file instead of this terminal.
-    """
-    cmd = stage.command(python, nproc)
-    log.info("stage %s: %s", stage.name, shlex.join(cmd))
-    start = time.monotonic()
-    if log_file is None:
-        code = subprocess.run(cmd, env=env).returncode
-    else:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "a") as out:
-            code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        where = f" (its output: {log_file})" if log_file is not None else ""
-        raise PipelineError(f"stage {stage.name} exited with code {code}{where}: {shlex.join(cmd)}")
-    if not stage.is_done():
-        raise PipelineError(f"stage {stage.name} exited 0 but {stage.done} is missing")
-    return time.monotonic() - start
-
-
-def run_local(chain: list[Stage], *, nproc: int = 1, python: str = sys.executable,
-              dry_run: bool = False) -> None:
-    """Run ``chain`` one stage after the other on this machine; finished stages are skipped."""
-    for i, stage in enumerate(chain, 1):
-        head = f"[{i}/{len(chain)}] {stage.name}"
-        if stage.is_done():
-            print(f"{head}: done already ({stage.done})", flush=True)
-            continue
-        if dry_run:
-            print(f"{head}: {shlex.join(stage.command(python, nproc))}", flush=True)
-            continue
-        print(f"{head}: running", flush=True)
-        seconds = run_stage(stage, nproc=nproc, python=python)
-        print(f"{head}: finished in {seconds:.0f} s", flush=True)
+def add_chain_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that decide the stages and their commands (``list``, ``run``, the SLURM scripts, submit.py)."""
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                   help="configs, paths and overrides (default: full, the original's schedule)")
+    p.add_argument("--configs", help="the stage config folder (default: the preset's)")
+    p.add_argument("--data", help="the noisy track folders (default: the preset's)")
+    p.add_argument("--clean", help="the clean twin of --data: the clean arm trains on it")
+    p.add_argument("--runs", help="run root of every stage (default: the preset's)")
+    p.add_argument("--pools", help="folder for the filtered stem pools (default: the preset's)")
+    p.add_argument("--threshold", help="auto_filter rule: dB, 'auto' or 'keep=F' (default: the preset's)")
+    p.add_argument("--arms", default="", metavar="ARM,...",
+                   help=f"control arms with the budget of steps 1-3: {', '.join(ARMS)} (default: none)")
+    p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
+                   help="x every training stage's epochs (default 1)")
+    p.add_argument("--quick", action="store_true", help="one short epoch per stage: checks the machinery")
+    p.add_argument("--set", action="append", default=[], metavar="[SCOPE:]A.B=VALUE",
+                   help="config override for every training stage, or for a stage, part or arm (repeatable)")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
+    p.add_argument("--to", dest="stop", metavar="STAGE", help="stop after this stage")
 
 
-def _layout(args) -> Layout:
+def layout_from(args: argparse.Namespace) -> Layout:
+    """The preset with the command line's changes."""
     layout = PRESETS[args.preset]
-    changes = {k: getattr(args, k) for k in ("data", "runs", "pools", "threshold") if getattr(args, k)}
-    if args.set:
-        changes["overrides"] = tuple(layout.overrides) + tuple(args.set)
-    return replace(layout, **changes)
+    changes = {k: getattr(args, k) for k in ("configs", "data", "clean", "runs", "pools", "threshold")
+               if getattr(args, k)}
+    if args.epochs_scale is not None:
+        if not (math.isfinite(args.epochs_scale) and args.epochs_scale > 0):
+            raise PipelineError(f"--epochs-scale {args.epochs_scale:g}: must be > 0")
+        changes["epochs_scale"] = args.epochs_scale
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    return replace(layout, overrides=tuple(layout.overrides) + tuple(args.set), arms=arms,
+                   quick=args.quick or layout.quick, **changes)
+
+
+def chain_from(args: argparse.Namespace, part: str) -> tuple[Layout, list[Stage]]:
+    layout = layout_from(args)
+    return layout, select_from(stages(part, layout), args.start, args.stop)
 
 
 def _print(chain: list[Stage], fmt: str, nproc: int) -> None:
     for stage in chain:
         if fmt == "json":
             print(json.dumps({"name": stage.name, "kind": stage.kind, "after": list(stage.after),
-                              "parallel": stage.parallel, "argv": list(stage.argv), "done": stage.done}))
+                              "parallel": stage.parallel, "argv": list(stage.argv), "done": stage.done,
+                              "part": stage.part}))
         elif fmt == "tsv":
             # One line per stage for shell scripts: fields split on tabs, argv quoted for the shell.
             print("\t".join([stage.name, stage.kind, ",".join(stage.after) or "-",
@@ -255,46 +410,54 @@ def _print(chain: list[Stage], fmt: str, nproc: int) -> None:
             print(f"{stage.name}{after}\n    {shlex.join(stage.command('python', nproc))}")
 
 
+def layout_json(layout: Layout) -> dict:
+    return json.loads(json.dumps(asdict(layout)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m labelnoise.pipeline",
-        description="The stages of the method in order: list them, run them here, or write the final bag.")
+        prog="python -m labelnoise.pipeline", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The stages of the method in order: list them, run them here with control arms, "
+                    "test scores and a report, or write the final bag.",
+        epilog="\n\n".join(__doc__.split("\n\n")[2:5]))
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("list", "print the stages and their commands"),
-                       ("run", "run the stages one after the other on this machine")):
-        p = sub.add_parser(name, help=text)
+    listing = sub.add_parser("list", help="print the stages and their commands")
+    run = sub.add_parser("run", help="run the stages one after the other on this machine",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="example:\n  python -m labelnoise.pipeline run all --data TRAIN --clean CLEAN "
+                                "--test TEST --arms baseline,clean --report")
+    for p in (listing, run):
         p.add_argument("part", choices=PARTS)
-        p.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                       help="configs and paths (default: full, the original's schedule)")
-        p.add_argument("--data", help="the noisy track folders (default: the preset's)")
-        p.add_argument("--runs", help="run root of every stage (default: the preset's)")
-        p.add_argument("--pools", help="folder for the filtered stem pools (default: the preset's)")
-        p.add_argument("--threshold", help="auto_filter rule: dB, 'auto' or 'keep=F'")
-        p.add_argument("--set", action="append", metavar="A.B=VALUE",
-                       help="config override for every training stage (repeatable)")
-        p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
+        add_chain_arguments(p)
         p.add_argument("--nproc", type=int, default=1,
                        help="processes (GPUs) per training and filter stage, through torchrun")
-    sub.choices["list"].add_argument("--format", choices=("text", "tsv", "json"), default="text")
-    sub.choices["run"].add_argument("--dry-run", action="store_true", help="print the commands only")
+    listing.add_argument("--format", choices=("text", "tsv", "json", "runs"), default="text",
+                         help="tsv: a line per stage for shell scripts; runs: the run root alone")
+    from . import runner
+    runner.add_run_arguments(run)
     bag = sub.add_parser("bag", help="write RUNS/final.yaml from the four fine-tuned models")
     bag.add_argument("--runs", default="runs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "bag":
             print(write_bag(args.runs))
             return 0
-        chain = select_from(stages(args.part, _layout(args)), args.start)
+        if args.nproc < 1:
+            raise PipelineError(f"--nproc {args.nproc}: must be >= 1")
+        layout, chain = chain_from(args, args.part)
         if args.command == "list":
-            _print(chain, args.format, args.nproc)
-        else:
-            run_local(chain, nproc=args.nproc, dry_run=args.dry_run)
+            if args.format == "runs":
+                print(layout.runs)
+            else:
+                _print(chain, args.format, args.nproc)
+            return 0
+        return runner.main(args, layout, chain)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the imported module: labelnoise.runner raises that module's PipelineError, not __main__'s.
+    from labelnoise import pipeline as _pipeline
+    sys.exit(_pipeline.main())

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from .progress import bar as progress_bar
 
 from . import SOURCES
 from . import filter_report
@@ -289,7 +289,7 @@ def wav_volumes(outputs: Path, sfx: str, *, sources=SOURCES, progress: bool = Tr
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [(stem, folder, stamp, pool.submit(_measure_folder, folder, stem, sources))
                    for stem, folder, stamp in todo]
-        for stem, folder, stamp, fut in tqdm(futures, desc="volumes", unit="stem", disable=not progress):
+        for stem, folder, stamp, fut in progress_bar(futures, desc="volumes", unit="stem", disable=not progress):
             try:
                 rec = fut.result()
             except AudioError as exc:  # a file the original's writer left half-written, say
@@ -507,7 +507,7 @@ def write_pool(data: Path, dest: Path, kept: dict[str, list[str]], *, link: bool
                 f.unlink()
                 counts["removed"] += 1
     link_refused = False
-    for stem, track in tqdm(pairs, desc="pool", unit="file", disable=not progress):
+    for stem, track in progress_bar(pairs, desc="pool", unit="file", disable=not progress):
         src, dst = data / track / f"{stem}.wav", dest / "train" / stem / f"{track}.wav"
         if _already_there(src, dst):
             counts["existing"] += 1

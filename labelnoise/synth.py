@@ -43,7 +43,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from .progress import bar as progress_bar
 
 from . import SOURCES
 from .atomic import write_json
@@ -486,7 +486,7 @@ def generate(out_dir, *, tracks: int, seconds: float, noise_rate: float, seed: i
     out_dir = Path(out_dir)
     names = [track_name(i, tracks) for i in range(tracks)]
     all_labels = {}
-    for i in tqdm(range(tracks), desc="synth", unit="track", disable=not progress):
+    for i in progress_bar(range(tracks), desc="synth", unit="track", disable=not progress):
         rng = _rng(seed, i, 99)
         plan = _draw_noise(rng, noise_rate, weights, tracks)
         clean = clean_track(seed, i, seconds=seconds, samplerate=samplerate)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tqdm
+from .progress import bar as progress_bar
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -442,7 +442,7 @@ class Trainer:
         self.model.train()
         first = self.batch_in_epoch // self.accumulate
         batches = self._loader()
-        bar = tqdm.tqdm(total=self.steps_per_epoch, initial=first, desc=f"epoch {self.epoch}", unit="step",
+        bar = progress_bar(total=self.steps_per_epoch, initial=first, desc=f"epoch {self.epoch}", unit="step",
                         disable=not self.dist.is_main, leave=False, dynamic_ncols=True)
         epoch_sums, count = None, 0
         try:

@@ -26,18 +26,14 @@
 # Any other sbatch option goes through sbatch's own variables (SBATCH_QOS,
 # SBATCH_RESERVATION, ...), which every submission here reads.
 
-PARTITION=${PARTITION:-}
-ACCOUNT=${ACCOUNT:-}
-CONSTRAINT=${CONSTRAINT-a100}
-NODES=${NODES:-1}
-GPUS=${GPUS:-${SLURM_GPUS_ON_NODE:-8}}
-NPROC=${NPROC:-2}
-CPUS=${CPUS:-64}
-MEM=${MEM:-0}
-TIME_LIMIT=${TIME_LIMIT:-24:00:00}
-CPU_CPUS=${CPU_CPUS:-8}
-CPU_MEM=${CPU_MEM:-32G}
-CPU_TIME_LIMIT=${CPU_TIME_LIMIT:-04:00:00}
+# The defaults live in slurm/defaults.env (submit.py reads the same file); a variable already set wins.
+while IFS='=' read -r name value; do
+    case $name in '' | '#'*) continue ;; esac
+    if [ -z "${!name+set}" ]; then
+        if [ "$name" = GPUS ] && [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then value=$SLURM_GPUS_ON_NODE; fi
+        printf -v "$name" '%s' "$value"
+    fi
+done <slurm/defaults.env
 CPU_PARTITION=${CPU_PARTITION:-$PARTITION}
 if [ -z "${ENV_SETUP+set}" ]; then
     if [ -f .venv/bin/activate ]; then ENV_SETUP="source .venv/bin/activate"; else ENV_SETUP=""; fi
@@ -54,6 +50,10 @@ die() {
     echo "error: $*" >&2
     exit 1
 }
+
+for name in NODES GPUS NPROC CPUS CPU_CPUS; do
+    [[ ${!name} =~ ^[0-9]+$ ]] || die "$name=${!name}: expected a whole number"
+done
 
 check_repo_root() {
     if [ ! -f slurm/common.sh ] || [ ! -f train.py ]; then
@@ -124,11 +124,9 @@ stage_script() {
 read_chain() {
     local part=$1
     shift
-    local listing all_listing name kind after parallel done_file argv
+    local listing name kind after parallel done_file argv
     listing=$("$PYTHON" -m labelnoise.pipeline list "$part" --format tsv "$@") || die "cannot list the stages of $part"
-    # The bag stage writes RUNS/final.yaml, so its done file names the run root.
-    all_listing=$("$PYTHON" -m labelnoise.pipeline list all --format tsv "$@") || die "cannot list the stages"
-    chain_runs=$(dirname "$(printf '%s\n' "$all_listing" | awk -F'\t' '$2 == "bag" { print $5 }')")
+    chain_runs=$("$PYTHON" -m labelnoise.pipeline list "$part" --format runs "$@") || die "cannot list the stages"
     stage_name=() stage_kind=() stage_after=() stage_parallel=() stage_done=() stage_argv=()
     while IFS=$'\t' read -r name kind after parallel done_file argv; do
         stage_name+=("$name") stage_kind+=("$kind") stage_after+=("$after") stage_parallel+=("$parallel")

@@ -2,7 +2,8 @@
 
 From the repository root, with the environment variables of slurm/common.sh
 (GPUS, NODES, CPUS, MEM, TIME_LIMIT, PARTITION, ACCOUNT, CONSTRAINT, CPU_*,
-ENV_SETUP, NPROC; the same defaults):
+ENV_SETUP, NPROC; their defaults in slurm/defaults.env, read by both) and the
+options of ``python -m labelnoise.pipeline list``:
 
     python slurm/submit.py part1                    # step1 -> step2 -> step3 as SLURM jobs, then wait
     python slurm/submit.py part2 --from joint360    # later in the chain; finished stages are skipped
@@ -31,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -40,12 +41,7 @@ from labelnoise import pipeline
 
 log = logging.getLogger("submit")
 
-# The environment variables of slurm/common.sh and their defaults (tests/test_slurm.py checks they agree).
-DEFAULTS = {
-    "PARTITION": "", "ACCOUNT": "", "CONSTRAINT": "a100", "NODES": "1", "GPUS": "8", "NPROC": "2",
-    "CPUS": "64", "MEM": "0", "TIME_LIMIT": "24:00:00", "CPU_CPUS": "8", "CPU_MEM": "32G",
-    "CPU_TIME_LIMIT": "04:00:00",
-}
+DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.env"
 # Seconds between submitit's USR2 and the time limit, as --signal=B:USR1@300 in the sbatch scripts.
 SIGNAL_SECONDS = 300
 # Time-limit requeues a stage may use (submitit's own default, 3, is far too few for 500 epochs).
@@ -56,11 +52,19 @@ class SubmitError(RuntimeError):
     """A stage that failed or never ran."""
 
 
+def defaults(path: Path = DEFAULTS_FILE) -> dict:
+    """``NAME=value`` lines of slurm/defaults.env, the one list of the settings' defaults."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            out[name.strip()] = value.strip()
+    return out
+
+
 def settings(env=os.environ) -> dict:
-    """The environment variables of slurm/common.sh with their defaults; empty CONSTRAINT: none."""
-    out = {key: env.get(key) or default for key, default in DEFAULTS.items()}
-    if "CONSTRAINT" in env:
-        out["CONSTRAINT"] = env["CONSTRAINT"]  # set but empty: no constraint
+    """The settings as slurm/common.sh reads them: a variable that is set (even empty) wins over its default."""
+    out = {key: env[key] if key in env else default for key, default in defaults().items()}
     if "GPUS" not in env and env.get("SLURM_GPUS_ON_NODE"):
         out["GPUS"] = env["SLURM_GPUS_ON_NODE"]
     out["CPU_PARTITION"] = env.get("CPU_PARTITION") or out["PARTITION"]
@@ -219,17 +223,18 @@ def _stage_run(stage: pipeline.Stage, conf: dict, local: bool) -> StageRun:
     return StageRun(stage, nproc=gpus if gpus else int(conf["NPROC"]), nodes=1 if local else int(conf["NODES"]))
 
 
-def choose(targets: list[str], layout: pipeline.Layout, start: str | None) -> list[pipeline.Stage]:
+def choose(targets: list[str], layout: pipeline.Layout, start: str | None,
+           stop: str | None = None) -> list[pipeline.Stage]:
     """The stages of a part, or the named stages in the pipeline's order."""
     if len(targets) == 1 and targets[0] in pipeline.PARTS:
-        return pipeline.select_from(pipeline.stages(targets[0], layout), start)
+        return pipeline.select_from(pipeline.stages(targets[0], layout), start, stop)
     chain = pipeline.stages("all", layout)
     names = [s.name for s in chain]
     unknown = [t for t in targets if t not in names]
     if unknown:
         raise SubmitError(f"unknown stage(s) {', '.join(unknown)}; parts: {', '.join(pipeline.PARTS)}; "
                           f"stages: {', '.join(names)}")
-    return pipeline.select_from([s for s in chain if s.name in targets], start)
+    return pipeline.select_from([s for s in chain if s.name in targets], start, stop)
 
 
 def _in_queue(job_id: str) -> bool:
@@ -296,32 +301,23 @@ def run_local(chain: list[pipeline.Stage], conf: dict, runs: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="+", metavar="part1|part2|all|STAGE",
                         help="a part, or stage names (python -m labelnoise.pipeline list all)")
     parser.add_argument("--local", action="store_true", help="run here with submitit's local executor")
     parser.add_argument("--no-wait", action="store_true", help="submit and return (SLURM only)")
-    parser.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
-    parser.add_argument("--preset", choices=sorted(pipeline.PRESETS), default="full",
-                        help="configs and paths (default: full, the original's schedule)")
-    parser.add_argument("--data", help="the noisy track folders (default: the preset's)")
-    parser.add_argument("--runs", help="run root of every stage (default: the preset's)")
-    parser.add_argument("--pools", help="folder for the filtered stem pools (default: the preset's)")
-    parser.add_argument("--threshold", help="auto_filter rule: dB, 'auto' or 'keep=F'")
-    parser.add_argument("--set", action="append", default=[], metavar="A.B=VALUE",
-                        help="config override for every training stage (repeatable)")
+    pipeline.add_chain_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not Path("train.py").is_file():
         print(f"error: {Path.cwd()}: not the repository root (run from the folder holding train.py)",
               file=sys.stderr)
         return 2
-    layout = pipeline.PRESETS[args.preset]
-    changes = {k: getattr(args, k) for k in ("data", "runs", "pools", "threshold") if getattr(args, k)}
-    layout = replace(layout, overrides=tuple(layout.overrides) + tuple(args.set), **changes)
     try:
+        layout = pipeline.layout_from(args)
         conf = settings()
-        chain = choose(args.targets, layout, args.start)
+        chain = choose(args.targets, layout, args.start, args.stop)
     except (SubmitError, pipeline.PipelineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

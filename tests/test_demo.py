@@ -4,11 +4,12 @@ import contextlib
 import io
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from labelnoise import demo, report
+from labelnoise import demo, pipeline, report, report_stats, runner, scoring
 
 QUICK = ["--quick", "--tracks", "8", "--seconds", "3", "--test-tracks", "2"]
 MODEL_STAGES = ["step1", "step2", "step3", "joint360", "vocals", "bass", "drums", "other_trunc", "other",
@@ -64,9 +65,9 @@ def test_report_has_an_sdr_row_for_every_model(quick_demo):
         assert np.isfinite(values).all()
     assert rows["vocals"][4].startswith("**") and rows["baseline_step3"][6] == "+0.00"
     # The scores are cached, atomically, next to each model.
-    cached = json.loads((root / "runs" / "step3" / demo.EVAL_FILE).read_text())
+    cached = json.loads((root / "runs" / "step3" / scoring.EVAL_FILE).read_text())
     assert abs(cached["summary"]["mean"] - float(rows["step3"][5])) < 0.006
-    assert (root / "runs" / demo.BAG_EVAL_FILE).is_file()
+    assert (root / "runs" / scoring.BAG_EVAL_FILE).is_file()
 
 
 def test_report_states_the_filters_precision_and_recall(quick_demo):
@@ -131,32 +132,29 @@ def test_other_settings_are_refused(quick_demo, capsys):
     assert "holds other data (tracks 8 where the demo asks for 9)" in capsys.readouterr().err
 
 
-def test_a_run_folder_accepts_another_test_set_only(tmp_path):
-    (tmp_path / demo.MANIFEST).write_text(json.dumps({"settings": json.loads(json.dumps(
-        demo.dataclasses.asdict(demo.Settings()))), "timings": {"step1": 3.0}}))
-    # Another test set only makes the cached scores stale; the runs stay valid.
-    assert demo.check_out(tmp_path, demo.Settings(test_tracks=3)) == {"step1": 3.0}
-    with pytest.raises(demo.DemoError, match=r"other settings \(tracks 24, now 9\)"):
-        demo.check_out(tmp_path, demo.Settings(tracks=9))
+def test_a_run_folder_accepts_added_arms_only(tmp_path):
+    layout = demo.layout_for(demo.Settings(), tmp_path, tmp_path / "data")
+    (tmp_path / runner.MANIFEST).write_text(json.dumps({"settings": pipeline.layout_json(
+        replace(layout, arms=())), "timings": {"step1": 3.0}}))
+    # Arms add stages; the runs already there stay valid.
+    assert runner.check_runs(tmp_path, layout) == {"step1": 3.0}
+    with pytest.raises(pipeline.PipelineError, match=r"other settings \(threshold 'auto', now '20'\)"):
+        runner.check_runs(tmp_path, demo.layout_for(demo.Settings(threshold="20"), tmp_path, tmp_path / "data"))
 
 
-def test_epochs_scale_keeps_finetunes_past_their_parent(tmp_path):
-    settings = demo.Settings(epochs_scale=0.01)
-    jobs = {j.name: j for j in demo.plan(settings, tmp_path / "runs", tmp_path / "data", "cpu")}
-
-    def epochs(name):
-        return int(next(a for a in jobs[name].stage.argv if a.startswith("optim.epochs=")).split("=")[1])
-
-    assert epochs("step1") == 1 and epochs("joint360") == 1
-    assert epochs("vocals") == 2 and epochs("other_trunc") == 2 and epochs("other") == 3
-    assert jobs["vocals"].epochs == 1  # what it runs: one epoch past joint360
-    assert "optim.trunc_by=relative" in jobs["step2"].stage.argv
-    assert "optim.trunc_by=relative" not in jobs["other_trunc"].stage.argv
-    assert "run.init_from=baseline_step2" in jobs["baseline_step3"].stage.argv
-    assert f"data.root={tmp_path / 'data' / 'clean'}" in jobs["clean_step1"].stage.argv
-    full = {j.name: j for j in demo.plan(demo.Settings(), tmp_path / "runs", tmp_path / "data", "cpu")}
-    # The arms run exactly the budget of steps 1-3.
-    assert sum(full[f"baseline_step{k}"].steps for k in (1, 2, 3)) == sum(full[f"step{k}"].steps for k in (1, 2, 3))
+def test_a_folder_of_other_data_is_refused_and_left_alone(tmp_path, capsys):
+    mine = tmp_path / "mine" / "train" / "song1"
+    mine.mkdir(parents=True)
+    (mine / "vocals.wav").write_bytes(b"my own recording")
+    code = demo.main(["--quick", "--tracks", "2", "--seconds", "3", "--test-tracks", "1",
+                      "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "mine")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert f"{tmp_path / 'mine' / 'train'}: holds other data (not a synthetic set this project made" in err
+    assert "left as it is" in err and "python -m labelnoise.pipeline run all --data" in err
+    assert "delete" not in err.lower()
+    assert (mine / "vocals.wav").read_bytes() == b"my own recording"
+    assert sorted(p.name for p in (tmp_path / "mine").rglob("*")) == ["song1", "train", "vocals.wav"]
 
 
 def _scores(values):
@@ -165,13 +163,13 @@ def _scores(values):
 
 def test_verdicts_follow_the_numbers():
     base = _scores([1.0, 2.0, 3.0, 4.0])
-    c = report.compare(_scores([1.5, 2.6, 3.4, 4.5]), base)
+    c = report_stats.compare(_scores([1.5, 2.6, 3.4, 4.5]), base)
     assert c["wins"] == 4 and abs(c["diff"] - 0.5) < 1e-9
-    assert report.verdict(c) == "raised"
-    assert report.verdict(report.compare(base, _scores([1.5, 2.6, 3.4, 4.5]))) == "lowered"
-    assert report.verdict(report.compare(_scores([2.0, 1.0, 4.0, 3.0]), base)) == "no clear difference"
-    assert report.verdict(report.compare(_scores([5.0, 6.0]), _scores([1.0, 2.0]))) == "too few test tracks to tell"
-    assert "**step3 raised SDR** over the baseline" in report.comparison_text("step3", "the baseline", c)
+    assert report_stats.verdict(c) == "raised"
+    assert report_stats.verdict(report_stats.compare(base, _scores([1.5, 2.6, 3.4, 4.5]))) == "lowered"
+    assert report_stats.verdict(report_stats.compare(_scores([2.0, 1.0, 4.0, 3.0]), base)) == "no clear difference"
+    assert report_stats.verdict(report_stats.compare(_scores([5.0, 6.0]), _scores([1.0, 2.0]))) == "too few test tracks to tell"
+    assert "**step3 raised SDR** over the baseline" in report_stats.comparison_text("step3", "the baseline", c)
 
 
 def test_noisy_shares_weigh_steps_by_their_entries():
@@ -180,6 +178,6 @@ def test_noisy_shares_weigh_steps_by_their_entries():
     records = [{"kind": "step", "kept": dict.fromkeys("dbov", 0.75), "noisy_share": {"dropped": 1.0, "kept": 0.0}},
                {"kind": "step", "kept": dict.fromkeys("dbov", 0.25), "noisy_share": {"dropped": 0.0, "kept": 0.5}},
                {"kind": "epoch", "kept": dict.fromkeys("dbov", 0.5), "noisy_share": {"dropped": 9.0, "kept": 9.0}}]
-    s = report.noisy_shares(records, config)
+    s = report_stats.noisy_shares(records, config)
     assert s["dropped"] == pytest.approx(4 / 16) and s["kept"] == pytest.approx(2 / 16)
     assert s["ratio"] == pytest.approx(2.0) and s["kept_fraction"] == pytest.approx(0.5)

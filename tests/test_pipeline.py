@@ -1,12 +1,15 @@
 """The stage order: dependencies, commands, presets, the bag, and the local runner."""
+import json
+import re
 import shlex
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
-from labelnoise import SOURCES, pipeline
+from labelnoise import SOURCES, pipeline, runner
 from labelnoise.bag import load_bag
 from labelnoise.config import load_config
 from labelnoise.inference import apply
@@ -120,23 +123,113 @@ class _Constant(torch.nn.Module):
         return torch.full((mix.shape[0], 4, *mix.shape[1:]), self.value)
 
 
-def test_run_local_skips_finished_stages_and_stops_at_a_failure(tmp_path, capsys):
-    def stage(name, code, done):
-        marker = tmp_path / done
-        script = f"import pathlib, sys; pathlib.Path({str(marker)!r}).touch(); sys.exit({code})"
-        return pipeline.Stage(name, "train", (), ("-c", script), str(marker))
+def _fake_stage(tmp_path, name, code, after=()):
+    marker = tmp_path / f"{name}.done"
+    script = f"import pathlib, sys; pathlib.Path({str(marker)!r}).touch(); sys.exit({code})"
+    return pipeline.Stage(name, "select", tuple(after), ("-c", script), str(marker))
 
+
+def test_the_runner_skips_finished_stages_and_stops_at_a_failure(tmp_path, capsys):
+    layout = pipeline.Layout(runs=str(tmp_path / "runs"), data=str(tmp_path / "none"))
     (tmp_path / "a.done").touch()
-    chain = [stage("a", 1, "a.done"), stage("b", 0, "b.done"), stage("c", 5, "c.done"),
-             stage("d", 0, "d.done")]
-    with pytest.raises(pipeline.PipelineError, match="stage c exited with code 5"):
-        pipeline.run_local(chain, python=sys.executable)
+    chain = [_fake_stage(tmp_path, "a", 1), _fake_stage(tmp_path, "b", 0, ["a"]), _fake_stage(tmp_path, "c", 5),
+             _fake_stage(tmp_path, "d", 0)]
+    with pytest.raises(pipeline.PipelineError, match="stage c exited with code 5 .*logs/c.log"):
+        runner.run(runner.plan(chain, layout), layout, python=sys.executable)
     out = capsys.readouterr().out
-    assert "a: done already" in out and "b: finished" in out
+    assert re.search(r"\] a\s+done already$", out, re.M) and re.search(r"\] b\s+finished in 0:0\d$", out, re.M)
     assert (tmp_path / "b.done").exists() and not (tmp_path / "d.done").exists()
+    manifest = json.loads((tmp_path / "runs" / runner.MANIFEST).read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["a", "b", "c", "d"] and "b" in manifest["timings"]
 
 
 def test_a_stage_that_exits_0_without_its_marker_is_an_error(tmp_path):
     stage = pipeline.Stage("x", "filter", (), ("-c", "pass"), str(tmp_path / "never"))
     with pytest.raises(pipeline.PipelineError, match="exited 0 but .*never is missing"):
-        pipeline.run_stage(stage, python=sys.executable)
+        runner.run_stage(stage, python=sys.executable)
+
+
+def test_scoped_overrides_reach_their_stages_only():
+    preset = pipeline.PRESETS["demo"]
+    layout = replace(preset, arms=("baseline",), overrides=(*preset.overrides, "optim.lr=0.01", "step1:optim.lr=0.02",
+                                                            "part2:run.seed=7", "baseline:run.seed=8"))
+    by_name = {s.name: s for s in pipeline.stages("all", layout)}
+
+    def after_data(name):  # the overrides a stage's command carries, in order
+        argv = by_name[name].argv
+        return [a for a in argv[3:] if not a.startswith(("data.root=", "run.name=", "run.init_from="))]
+
+    assert after_data("step1") == ["optim.trunc_by=relative", "optim.lr=0.01", "optim.lr=0.02"]
+    assert after_data("step2") == ["optim.trunc_by=relative", "optim.lr=0.01"]
+    assert after_data("joint360") == ["optim.lr=0.01", "run.seed=7"]
+    assert after_data("vocals") == ["optim.lr=0.01", "run.seed=7"]
+    # An arm's stage keeps the budget of the step it repeats (step1:, part1:), then its own plain L1.
+    assert after_data("baseline_step1") == ["optim.trunc_by=relative", "optim.lr=0.01", "optim.lr=0.02",
+                                            "run.seed=8", "optim.loss=l1"]
+    assert load_config(by_name["baseline_step1"].argv[1], list(by_name["baseline_step1"].argv[2:]))["optim"]["loss"] \
+        == "l1"
+    for bad, words in (("nope:optim.lr=1", "unknown scope 'nope'"), ("step1:optim.lr", "expected [SCOPE:]a.b=value")):
+        with pytest.raises(pipeline.PipelineError, match=re.escape(words)):
+            pipeline.stages("all", replace(layout, overrides=(bad,)))
+
+
+def test_arms_follow_part1_and_the_clean_arm_needs_its_data():
+    layout = replace(pipeline.PRESETS["demo"], arms=("baseline", "clean"), clean="data/demo/clean")
+    part1 = pipeline.stages("part1", layout)
+    assert [s.name for s in part1] == [*pipeline.PART1, *(f"{a}_{s}" for a in ("baseline", "clean")
+                                                          for s in pipeline.PART1)]
+    clean = {s.name: s for s in part1}["clean_step2"]
+    assert "data.root=data/demo/clean" in clean.argv and clean.after == ("clean_step1",)
+    assert "run.init_from=clean_step1" in clean.argv and clean.group == "clean" and clean.repeats == "step2"
+    assert all(s.part == "part2" for s in pipeline.stages("part2", layout))
+    with pytest.raises(pipeline.PipelineError, match="give --clean FOLDER"):
+        pipeline.stages("all", replace(layout, clean=None))
+    with pytest.raises(pipeline.PipelineError, match="unknown arm 'other'"):
+        pipeline.stages("all", replace(layout, arms=("other",)))
+
+
+def test_epochs_scale_keeps_finetunes_past_their_parent():
+    def epochs(chain, name):
+        argv = next(s for s in chain if s.name == name).argv
+        return int(next(a for a in argv if a.startswith("optim.epochs=")).split("=")[1])
+
+    layout = replace(pipeline.PRESETS["demo"], arms=("baseline",), epochs_scale=0.01)
+    chain = pipeline.stages("all", layout)
+    assert epochs(chain, "step1") == 1 and epochs(chain, "joint360") == 1 and epochs(chain, "baseline_step3") == 1
+    assert epochs(chain, "vocals") == 2 and epochs(chain, "other_trunc") == 2 and epochs(chain, "other") == 3
+    jobs = {j.name: j for j in runner.plan(chain, layout)}
+    assert jobs["vocals"].epochs == 1  # what it runs: one epoch past joint360
+    # At scale 1 the commands are the configs' own: nothing is added.
+    assert not any(a.startswith("optim.epochs=") for s in pipeline.stages("all") for a in s.argv)
+    full = {j.name: j for j in runner.plan(pipeline.stages("all", replace(layout, epochs_scale=1.0)), layout)}
+    # The arms run exactly the budget of steps 1-3.
+    steps = sum(full[s].steps for s in pipeline.PART1)
+    assert steps > 0 and sum(full[f"baseline_{s}"].steps for s in pipeline.PART1) == steps
+    assert "--epochs-scale 0: must be > 0" in _main_error(["list", "all", "--epochs-scale", "0"])
+
+
+def _main_error(argv) -> str:
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert pipeline.main(argv) == 1
+    return err.getvalue()
+
+
+def test_the_demo_preset_is_what_the_demo_runs(tmp_path):
+    from labelnoise import demo
+    preset = pipeline.PRESETS["demo"]
+    layout = demo.layout_for(demo.Settings(), Path(preset.runs), Path(preset.pools))
+    assert replace(layout, clean=None, arms=()) == preset
+    assert [s.argv for s in pipeline.stages("all", preset)] == \
+        [s.argv for s in pipeline.stages("all", layout) if s.group == "method"]
+    step1 = {s.name: s for s in pipeline.stages("all", preset)}["step1"]
+    assert load_config(step1.argv[1], list(step1.argv[2:]))["optim"]["trunc_by"] == "relative"
+
+
+def test_help_shows_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        pipeline.main(["--help"])
+    out = capsys.readouterr().out
+    assert "python -m labelnoise.pipeline run all --data TRAIN --clean CLEAN --test TEST --arms baseline,clean" in out
