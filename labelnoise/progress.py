@@ -44,6 +44,7 @@ class LineProgress:
         self.first = initial
         self.interval = _interval()
         self.closed = False
+        self.written = initial  # the count the last line showed
 
     def __iter__(self):
         for item in self.iterable:
@@ -73,6 +74,7 @@ class LineProgress:
     def _write(self) -> None:
         if self.disable:
             return
+        self.written = self.n
         elapsed = time.monotonic() - self.start
         done = self.n - self.first
         rate = done / elapsed if elapsed > 0 else 0.0
@@ -88,7 +90,7 @@ class LineProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self.n > self.first:
+            if self.n != self.written:  # the last count, unless a line just showed it
                 self._write()
 
 

@@ -151,11 +151,16 @@ def test_interrupted_index_still_writes_what_it_has(irregular, tmp_path, monkeyp
     assert full["complete"] and full["summary"]["reused"] > 0
 
 
-def test_load_metadata_forms(irregular, tmp_path, monkeypatch):
+def test_load_metadata_forms(irregular, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("LABELNOISE_METADATA_DIR", str(tmp_path / "meta"))
     meta = index_dataset(irregular, progress=False)
     assert load_metadata(meta) is meta
-    assert load_metadata(irregular)["files"] == meta["files"]  # no metadata.json: indexed in memory
+    with caplog.at_level("INFO", logger="labelnoise.metadata"):
+        assert load_metadata(irregular)["files"] == meta["files"]  # no metadata.json: indexed in memory
+    # The message says where an index was looked for, and how to write the one training reads.
+    said = caplog.records[-1].getMessage()
+    assert str(irregular / "metadata.json") in said and str(default_metadata_path(irregular)) in said
+    assert f"python create_metadata.py {irregular} writes the second" in said
     before = sorted(p.name for p in irregular.rglob("*"))
     create_metadata.main([str(irregular), "--workers", "2"])
     assert sorted(p.name for p in irregular.rglob("*")) == before, "the dataset is never written to"
