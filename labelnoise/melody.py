@@ -21,7 +21,7 @@ LEADS = {73: ("flute", "flute"), 71: ("clarinet", "clarinet"), 65: ("alto sax", 
          81: ("saw lead", "synth lead"), 11: ("vibraphone", "mallets"), 12: ("marimba", "mallets")}
 # Rhythm cells in beats; a phrase is filled with them.
 CELLS = ((1, 1, 1, 1), (1.5, 0.5, 1, 1), (0.5, 0.5, 1, 2), (2, 1, 1), (1, 0.5, 0.5, 2), (0.5, 0.5, 0.5, 0.5, 2),
-         (3, 1), (1, 1, 2), (0.5, 1, 0.5, 2))
+         (3, 1), (1, 1, 2), (0.5, 1, 0.5, 2), (0.5, 0.5, 0.5, 0.5, 1, 1), (0.75, 0.25, 0.5, 0.5, 2))
 BEND_CENTRE = 8192
 BEND_PER_CENT = 8192 / 200  # General MIDI's default bend range: +-2 semitones
 
@@ -115,7 +115,7 @@ def lead_vocal(song: Song, rng) -> Part:
     program = int(rng.choice(list(VOICES), p=(0.45, 0.4, 0.15)))
     name, cls = VOICES[program]
     low = int(rng.choice([53, 57, 60]))  # a lower or a higher voice
-    ps = phrases(song, rng, [True] * len(song.sections), low, low + 16, density=float(rng.uniform(0.6, 1.0)))
+    ps = phrases(song, rng, [True] * len(song.sections), low, low + 16, density=float(rng.uniform(0.75, 1.0)))
     notes = []
     for phrase in ps:
         vel = float(rng.uniform(80, 110))

@@ -38,11 +38,14 @@ RATE = 44100  # FluidSynth and the effects run at this rate; other rates are res
 DRY_RMS_DB = -20.0  # every recording enters its effects chain at this RMS (dBFS)
 STEM_PEAK = 0.5  # two stems summed (a moved recording, a silent stem's receiver) stay unclipped in 16 bits
 # Stem RMS in dBFS, drawn per track: (low, high).
-STEM_RMS_DB = {"drums": (-24, -19), "bass": (-25, -20), "other": (-25, -20), "vocals": (-23, -18)}
+STEM_RMS_DB = {"drums": (-26, -21), "bass": (-27, -22), "other": (-27, -22), "vocals": (-25, -20)}
 # Reverb send (wet level) per stem and the high-pass cutoff (Hz) per instrument class.
 REVERB_SEND = {"drums": (0.04, 0.15), "bass": (0.0, 0.04), "other": (0.08, 0.3), "vocals": (0.12, 0.3)}
 # Limiter thresholds (dBFS, the recording entering at DRY_RMS_DB) for the stems of sharp attacks.
-LIMIT_DB = {"drums": (-12, -6), "bass": (-11, -7)}
+LIMIT_DB = {"drums": (-14, -8), "bass": (-11, -7)}
+# A secondary recording's level (dB, RMS while it plays) under its stem's main one; hand percussion lower.
+RELATIVE_DB = {"percussion": (-14, -6)}
+DEFAULT_RELATIVE_DB = (-9, -2)
 HIGHPASS_HZ = {"kit": 30, "percussion": 150, "bass": 28, "synth bass": 25}
 DEFAULT_HIGHPASS_HZ = 90
 # Vowel formants F1, F2 (Hz) for the vocals' EQ.
@@ -168,8 +171,10 @@ def render_track(seed: int, index: int, *, seconds: float, samplerate: int = RAT
         # At a known level first, so the compressor's and limiter's thresholds mean the same for every preset.
         dry *= np.float32(10 ** (DRY_RMS_DB / 20) / max(rms(dry), 1e-9))
         wet = _chain(part, song, rooms[part.stem], rng)(dry, RATE)
-        # The main part leads its stem; the others sit a few dB under it. Mains near the centre.
-        wet *= np.float32(10 ** ((0.0 if part.main else float(rng.uniform(-9, -2))) / 20) / max(rms(wet), 1e-9))
+        # The main part leads its stem, the others sit a few dB under it (RMS while they play). Mains near the centre.
+        a, b = (int(t * RATE) for t in part.span())
+        level = 0.0 if part.main else float(rng.uniform(*RELATIVE_DB.get(part.cls, DEFAULT_RELATIVE_DB)))
+        wet *= np.float32(10 ** (level / 20) / max(rms(wet[:, a:max(b, a + 1)]), 1e-9))
         wet = _pan(wet, float(rng.uniform(-0.15, 0.15) if part.main else rng.choice([-1, 1]) * rng.uniform(0.2, 0.7)))
         raw.append((part, fonts[font], preset, wet))
     recordings: list[Recording | None] = [None] * len(parts)
