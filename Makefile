@@ -17,11 +17,12 @@ install: sounds $(VENV)/.installed
 # The sampled render backend (python -m labelnoise.synth --render sampled) plays General MIDI SoundFonts
 # through FluidSynth: Debian packages, installed here when missing and we are root with apt-get.
 SOUND_PACKAGES ?= fluidsynth fluid-soundfont-gm timgm6mb-soundfont
-SOUNDFONT_FILE ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
+SOUNDFONT_FILES ?= /usr/share/sounds/sf2/FluidR3_GM.sf2 /usr/share/sounds/sf2/TimGM6mb.sf2
 sounds:
-	@if command -v fluidsynth >/dev/null && [ -f "$(SOUNDFONT_FILE)" ]; then exit 0; fi; \
+	@missing=0; for f in $(SOUNDFONT_FILES); do [ -f "$$f" ] || missing=1; done; \
+	if command -v fluidsynth >/dev/null && [ $$missing -eq 0 ]; then exit 0; fi; \
 	if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then \
-		echo "sounds: the sampled render backend needs fluidsynth and $(SOUNDFONT_FILE): install the packages $(SOUND_PACKAGES) (as root: apt-get install $(SOUND_PACKAGES))"; \
+		echo "sounds: the sampled render backend needs fluidsynth and $(SOUNDFONT_FILES): install the packages $(SOUND_PACKAGES) (as root: apt-get install $(SOUND_PACKAGES))"; \
 		exit 0; \
 	fi; \
 	echo "sounds: apt-get install $(SOUND_PACKAGES)"; \

@@ -30,6 +30,10 @@ import numpy as np
 SOUNDFONT_ENV = "LABELNOISE_SOUNDFONTS"
 # Debian's General MIDI SoundFonts (fluid-soundfont-gm, timgm6mb-soundfont), the first the main one.
 DEFAULT_SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/TimGM6mb.sf2")
+# Where other systems keep a General MIDI SoundFont; the first found serves when no default is there.
+FALLBACK_SOUNDFONTS = ("/usr/share/soundfonts/FluidR3_GM.sf2", "/usr/share/soundfonts/FluidR3_GM2-2.sf2",
+                       "/usr/share/soundfonts/default.sf2", "/usr/share/sounds/sf2/default-GM.sf2",
+                       "/usr/share/sounds/sf3/default-GM.sf3", "/usr/share/sounds/sf3/MuseScore_General.sf3")
 INSTALL_HINT = ("install the Debian packages fluidsynth fluid-soundfont-gm timgm6mb-soundfont "
                 "(`make sounds` as root, or apt-get install ...)")
 BLOCK = 64  # FluidSynth renders and applies events in blocks of this many frames
@@ -53,9 +57,11 @@ def find_soundfonts(paths=None) -> tuple[Path, ...]:
         where = "the soundfonts argument"
     else:
         found = tuple(Path(p) for p in DEFAULT_SOUNDFONTS if Path(p).is_file())
+        found = found or tuple(Path(p) for p in FALLBACK_SOUNDFONTS if Path(p).is_file())[:1]
         if not found:
-            raise RenderUnavailable(f"no General MIDI SoundFont found (looked for {', '.join(DEFAULT_SOUNDFONTS)}); "
-                                    f"{INSTALL_HINT}, or set ${SOUNDFONT_ENV}")
+            raise RenderUnavailable(f"no General MIDI SoundFont found (looked for {', '.join(DEFAULT_SOUNDFONTS)} "
+                                    f"and {len(FALLBACK_SOUNDFONTS)} other places); {INSTALL_HINT}, "
+                                    f"or set ${SOUNDFONT_ENV}")
         return found
     fonts = tuple(Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths))
     if not fonts:
@@ -97,15 +103,24 @@ def version() -> str:
 
 
 def to_events(notes, controls, samplerate: int) -> list[tuple[int, int, int, int]]:
-    """(start_s, dur_s, key, velocity) notes and (time_s, "cc"/"bend", number, value) controls ->
-    sorted (frame, code, a, b) events on the 64-frame grid; a note lasts at least one block."""
+    """(start_s, dur_s, key, velocity) notes and controls -> sorted (frame, code, a, b) events on the 64-frame grid.
+
+    A control is ``(time_s, "cc", controller, value)`` or ``(time_s, "bend", value, 0)`` (0..16383, centre
+    8192). A note lasts at least one block."""
     def frame(t):
         return int(round(t * samplerate / BLOCK)) * BLOCK
     events = []
-    for start, dur, key, vel in notes:
-        on = frame(start)
-        events.append((on, NOTE_ON, int(key), int(vel)))
-        events.append((max(on + BLOCK, frame(start + dur)), NOTE_OFF, int(key), 0))
+    # A note-off releases every voice of its key, so a note that overlaps the next one of the same key
+    # ends where that one starts (else the later note would be cut by the earlier one's off).
+    ordered = sorted((frame(start), frame(start + dur), int(key), int(vel)) for start, dur, key, vel in notes)
+    next_on: dict[int, int] = {}
+    for on, off, key, vel in reversed(ordered):
+        end = max(on + BLOCK, off)
+        if key in next_on:
+            end = min(end, next_on[key])
+        next_on[key] = on
+        events.append((on, NOTE_ON, key, vel))
+        events.append((end, NOTE_OFF, key, 0))
     for t, kind, number, value in controls:
         events.append((frame(t), BEND if kind == "bend" else CONTROL, int(number), int(value)))
     events.sort()

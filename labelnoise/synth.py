@@ -13,7 +13,8 @@ Label noise is drawn per stem with probability ``noise_rate``; its kind is
 one of ``NOISE_KINDS`` (weights from ``kinds``):
 
 - ``bleed``: another stem of the track leaks in, ``level_db`` = RMS of the
-  leak relative to the RMS of the stem's own content (-20..-6 dB);
+  leak relative to the RMS of the stem's own content (-20..-6 dB); with
+  ``render="sampled"`` as a microphone hears it (band-limited, 1-15 ms late);
 - ``swap``: the stem holds another source of the track (``holds``);
 - ``other_song``: the stem holds the same source of another track (``track``);
 - ``silent``: the stem is all zeros, its content was moved into another stem
