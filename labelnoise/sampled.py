@@ -42,7 +42,7 @@ STEM_RMS_DB = {"drums": (-26, -21), "bass": (-27, -22), "other": (-27, -22), "vo
 # Reverb send (wet level) per stem and the high-pass cutoff (Hz) per instrument class.
 REVERB_SEND = {"drums": (0.04, 0.15), "bass": (0.0, 0.04), "other": (0.08, 0.3), "vocals": (0.12, 0.3)}
 # Limiter thresholds (dBFS, the recording entering at DRY_RMS_DB) for the stems of sharp attacks.
-LIMIT_DB = {"drums": (-14, -8), "bass": (-11, -7)}
+LIMIT_DB = {"drums": (-14, -8), "bass": (-9, -5)}
 # A secondary recording's level (dB, RMS while it plays) under its stem's main one; hand percussion lower.
 RELATIVE_DB = {"percussion": (-14, -6)}
 DEFAULT_RELATIVE_DB = (-9, -2)
