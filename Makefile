@@ -10,9 +10,30 @@ PYTEST_ARGS ?=
 # make demo DEMO_ARGS="--tracks 64 --seconds 30 --epochs-scale 4 --device cuda" (python -m labelnoise.demo --help)
 DEMO_ARGS ?=
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo clean-venv sounds
 
-install: $(VENV)/.installed
+install: sounds $(VENV)/.installed
+
+# The sampled render backend (python -m labelnoise.synth --render sampled) plays General MIDI SoundFonts
+# through FluidSynth: Debian packages, installed here when missing and we are root with apt-get.
+SOUND_PACKAGES ?= fluidsynth fluid-soundfont-gm timgm6mb-soundfont
+SOUNDFONT_FILES ?= /usr/share/sounds/sf2/FluidR3_GM.sf2 /usr/share/sounds/sf2/TimGM6mb.sf2
+sounds:
+	@missing=0; for f in $(SOUNDFONT_FILES); do [ -f "$$f" ] || missing=1; done; \
+	if command -v fluidsynth >/dev/null && [ $$missing -eq 0 ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "sounds: the sampled render backend needs fluidsynth and $(SOUNDFONT_FILES): install the packages $(SOUND_PACKAGES) (as root: apt-get install $(SOUND_PACKAGES))"; \
+		exit 0; \
+	fi; \
+	echo "sounds: apt-get install $(SOUND_PACKAGES)"; \
+	apt="apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends $(SOUND_PACKAGES)"; \
+	log=$$(mktemp); \
+	if ! DEBIAN_FRONTEND=noninteractive $$apt >$$log 2>&1; then \
+		apt-get -o DPkg::Lock::Timeout=300 update >>$$log 2>&1; \
+		DEBIAN_FRONTEND=noninteractive $$apt >>$$log 2>&1 || \
+			{ tail -n 20 $$log; echo "sounds: apt-get install $(SOUND_PACKAGES) failed (log above)"; rm -f $$log; exit 1; }; \
+	fi; \
+	rm -f $$log
 
 $(VENV)/.installed: pyproject.toml
 	@if $(SYSTEM_PYTHON) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \

@@ -14,6 +14,9 @@ import soxr
 from .atomic import atomic_path
 
 
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile's sndfile.h; soundfile does not name it
+
+
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message names the file."""
 
@@ -92,4 +95,8 @@ def write_audio(path: str | os.PathLike, wav, samplerate: int, *, float32: bool 
     if not float32:
         wav = np.clip(wav, -1.0, 1.0)
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), wav.T, samplerate, format=fmt, subtype=subtype)
+        with sf.SoundFile(str(tmp), "w", samplerate, wav.shape[0], subtype=subtype, format=fmt) as f:
+            if subtype == "FLOAT":
+                # No PEAK chunk: it holds the time of writing, so the same audio would differ byte for byte.
+                sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, sf._snd.SF_FALSE)
+            f.write(wav.T)

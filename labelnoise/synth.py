@@ -13,14 +13,29 @@ Label noise is drawn per stem with probability ``noise_rate``; its kind is
 one of ``NOISE_KINDS`` (weights from ``kinds``):
 
 - ``bleed``: another stem of the track leaks in, ``level_db`` = RMS of the
-  leak relative to the RMS of the stem's own content (-20..-6 dB);
+  leak relative to the RMS of the stem's own content (-20..-6 dB); with
+  ``render="sampled"`` as a microphone hears it (band-limited, 1-15 ms late);
 - ``swap``: the stem holds another source of the track (``holds``);
 - ``other_song``: the stem holds the same source of another track (``track``);
 - ``silent``: the stem is all zeros, its content was moved into another stem
   (``moved_to``); that receiving stem is labelled noisy too, as a ``bleed``
   with ``"via": "silent"`` and its measured ``level_db``;
 - ``partial``: from ``start`` to ``end`` seconds (30-70 % of the track) the
-  stem holds another source (``holds``) instead of its own.
+  stem holds another source (``holds``) instead of its own;
+- ``misgroup`` (``render="sampled"`` only, SDX23 leaderboard A): a recording
+  of another, clean stem (``holds``; its ``class`` and ``recording`` name)
+  was grouped into this stem, from ``start`` to ``end`` (the whole track or
+  30-80 % of it), added to the stem's own content (``"mode": "inside"``) or
+  in its place (``"instead"``), ``level_db`` = its RMS relative to the
+  stem's own content over that span; the stem it came from lacks it there
+  (its label lists it under ``gave``).
+
+Two render backends (``render``): ``sine``, the default, the sources above
+made from sines and noise (fast, for unit tests); ``sampled``
+(``labelnoise.sampled``), songs of several recordings per stem played by
+General MIDI SoundFonts through FluidSynth, with effects (``make sounds``
+installs them); its labels also list each stem's ``recordings`` (class,
+program, SoundFont, level, span).
 
 Everything depends only on the seed, so the clean content of any stem can be
 recomputed (``clean_track``, ``load_clean``); ``write_clean`` also writes it
@@ -32,13 +47,14 @@ Commands::
     python -m labelnoise.synth --out data/synth --tracks 20 --seconds 30 --noise-rate 0.3 --seed 0
     python -m labelnoise.synth --out data/demo --tracks 8 --seconds 20 --noise-rate 0.3 \\
         --seed 1 --samplerate 16000 --kinds swap=2,other_song=2
+    python -m labelnoise.synth --out data/sampled --tracks 64 --seconds 16 --noise-rate 0.3 \\
+        --seed 0 --samplerate 22050 --render sampled --kinds misgroup=3,bleed=2
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -48,10 +64,17 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from .atomic import write_json
 from .audio import read_audio, write_audio
+from .fluid import RenderUnavailable
+from .noise import NOISE_KINDS, draw_noise, kind_weights, noisy_track, parse_kinds, rms
+
+__all__ = ["NOISE_KINDS", "LABELS_FILE", "PARAMS_FILE", "RENDERS", "clean_source", "clean_track", "generate",
+           "load_clean", "main", "parse_kinds", "remove_generated", "track_name"]
 
 log = logging.getLogger(__name__)
 
-NOISE_KINDS = ("bleed", "swap", "other_song", "silent", "partial")
+RENDERS = ("sine", "sampled")
+# Kinds a backend cannot make: misgroup moves a recording, and the sine backend has one per stem.
+_UNAVAILABLE = {"sine": ("misgroup",), "sampled": ()}
 LABELS_FILE = "noise_labels.json"
 PARAMS_FILE = "synth.json"
 
@@ -306,7 +329,7 @@ _SYNTHS = {"drums": _drums, "bass": _bass, "other": _other, "vocals": _vocals}
 def _finish(wav: np.ndarray, rms_db: float, pan: float) -> np.ndarray:
     # A pan, then the level: RMS at the drawn dB, but never a peak above _PEAK.
     wav = wav * np.array([[1 - pan], [1 + pan]], np.float32)
-    wav *= 10 ** (rms_db / 20) / (_rms(wav) + 1e-12)
+    wav *= 10 ** (rms_db / 20) / (rms(wav) + 1e-12)
     peak = float(np.abs(wav).max())
     if peak > _PEAK:
         wav *= _PEAK / peak
@@ -314,10 +337,14 @@ def _finish(wav: np.ndarray, rms_db: float, pan: float) -> np.ndarray:
 
 
 def clean_source(seed: int, index: int, source: str, *, seconds: float,
-                 samplerate: int = 44100) -> np.ndarray:
+                 samplerate: int = 44100, render: str = "sine", soundfonts=None) -> np.ndarray:
     """The clean content ``(2, T)`` of one source of track ``index``."""
     if source not in _SYNTHS:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if _check_render(render) == "sampled":
+        from .sampled import render_track
+        return render_track(seed, index, seconds=seconds, samplerate=samplerate, soundfonts=soundfonts,
+                            stems=(source,)).stem(source)
     p = _track_params(seed, index)
     n = int(round(seconds * samplerate))
     k = SOURCES.index(source)
@@ -325,8 +352,12 @@ def clean_source(seed: int, index: int, source: str, *, seconds: float,
     return _finish(wav, p["rms_db"][k], p["pan"][k])
 
 
-def clean_track(seed: int, index: int, *, seconds: float, samplerate: int = 44100) -> np.ndarray:
+def clean_track(seed: int, index: int, *, seconds: float, samplerate: int = 44100,
+                render: str = "sine", soundfonts=None) -> np.ndarray:
     """The clean sources ``(4, 2, T)`` of track ``index``, in ``SOURCES`` order."""
+    if _check_render(render) == "sampled":
+        from .sampled import render_track
+        return render_track(seed, index, seconds=seconds, samplerate=samplerate, soundfonts=soundfonts).stems()
     return np.stack([clean_source(seed, index, s, seconds=seconds, samplerate=samplerate)
                      for s in SOURCES])
 
@@ -340,141 +371,50 @@ def load_clean(out_dir, track: str) -> np.ndarray:
         raise FileNotFoundError(f"{params_path}: not found; is {out_dir} a synth output folder?") from None
     if track not in params["tracks"]:
         raise KeyError(f"{params_path}: no track {track!r}")
-    return clean_track(params["seed"], params["tracks"].index(track),
-                       seconds=params["seconds"], samplerate=params["samplerate"])
+    return clean_track(params["seed"], params["tracks"].index(track), seconds=params["seconds"],
+                       samplerate=params["samplerate"], render=params.get("render", "sine"),
+                       soundfonts=params.get("soundfonts"))
 
 
-def parse_kinds(text: str | None) -> dict | None:
-    """``"swap=2,other_song=2"`` -> ``{"swap": 2.0, "other_song": 2.0}``."""
-    if not text:
-        return None
-    kinds = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"--kinds: expected KIND=WEIGHT, got {part!r}")
-        try:
-            kinds[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--kinds: weight of {name!r} is not a number: {value!r}") from None
-    return kinds
+def _check_render(render: str) -> str:
+    if render not in RENDERS:
+        raise ValueError(f"unknown render backend {render!r}; expected one of {', '.join(RENDERS)}")
+    return render
 
 
-def _kind_weights(kinds: dict | None) -> np.ndarray:
-    """Weights over NOISE_KINDS; kinds not named keep weight 1."""
-    weights = dict.fromkeys(NOISE_KINDS, 1.0)
-    for name, w in (kinds or {}).items():
-        if name not in weights:
-            raise ValueError(f"unknown noise kind {name!r}; expected one of {NOISE_KINDS}")
-        if w < 0:
-            raise ValueError(f"noise kind {name!r} has a negative weight {w}")
-        weights[name] = float(w)
-    w = np.array([weights[k] for k in NOISE_KINDS])
-    if w.sum() <= 0:
-        raise ValueError("all noise kind weights are zero")
-    return w
+def _kind_weights(kinds: dict | None, render: str = "sine") -> np.ndarray:
+    """Weights over NOISE_KINDS for ``render``; kinds not named keep weight 1 (0 where it cannot make them)."""
+    return kind_weights(kinds, _UNAVAILABLE[_check_render(render)])
 
 
-def _rms(x: np.ndarray) -> float:
-    # float32 pairwise summation: accurate enough, and no BLAS threads spinning.
-    x = np.asarray(x, dtype=np.float32)
-    return math.sqrt(float(np.square(x).sum()) / max(x.size, 1))
+def _sampled_track(seed, index, tracks, names, rng, noise_rate, weights, seconds, sr, fonts):
+    """One track of the sampled backend: clean stems, the stems as written, labels."""
+    from . import sampled
 
+    track = sampled.render_track(seed, index, seconds=seconds, samplerate=sr, soundfonts=fonts)
+    plan = draw_noise(rng, noise_rate, weights, tracks, {s: track.of(s) for s in SOURCES})
+    clean = track.stems()
 
-def _draw_noise(rng, noise_rate, weights, tracks) -> dict:
-    """Decide which stems are noisy and of what kind (before any audio is made)."""
-    drawn = {}
+    def source_of(j, s):
+        return sampled.render_track(seed, j, seconds=seconds, samplerate=sr, soundfonts=fonts, stems=(s,)).stem(s)
+
+    stems, labels = noisy_track(index, tracks, names, clean, plan, rng, sr, source_of,
+                                leak_of=lambda wav, r: sampled.mic_bleed(wav, r, sr))
+    sampled.misgroup(stems, clean, track, plan, labels, rng)
     for s in SOURCES:
-        noisy = rng.random() < noise_rate
-        kind = NOISE_KINDS[rng.choice(len(NOISE_KINDS), p=weights / weights.sum())]
-        drawn[s] = kind if noisy else None
-    # A kind that cannot apply is drawn again among those that can.
-    receivers = [s for s in SOURCES if drawn[s] is None]
-    plan = {}
-    for s in SOURCES:
-        kind = drawn[s]
-        if kind is None:
-            continue
-        allowed = weights.copy()
-        if tracks < 2:
-            allowed[NOISE_KINDS.index("other_song")] = 0
-        if not receivers:
-            allowed[NOISE_KINDS.index("silent")] = 0
-        if allowed[NOISE_KINDS.index(kind)] == 0:
-            if allowed.sum() == 0:
-                continue  # nothing applies: the stem stays clean
-            kind = NOISE_KINDS[rng.choice(len(NOISE_KINDS), p=allowed / allowed.sum())]
-        entry = {"kind": kind}
-        if kind == "silent":
-            entry["moved_to"] = receivers.pop(int(rng.integers(len(receivers))))
-        plan[s] = entry
-    return plan
-
-
-def _noisy_track(seed, index, tracks, names, clean, plan, rng, seconds, sr):
-    """Apply the plan to the clean sources: the stems as written, and their labels."""
-    n = clean.shape[-1]
-    stems = clean.copy()
-    labels = {s: {"noisy": False, "kind": None} for s in SOURCES}
-    others = lambda s: [o for o in SOURCES if o != s]  # noqa: E731
-    for s, entry in plan.items():
-        k = SOURCES.index(s)
-        kind = entry["kind"]
-        label = {"noisy": True, "kind": kind}
-        if kind == "bleed":
-            o = others(s)[rng.integers(3)]
-            level = float(rng.uniform(-20, -6))
-            own, src = clean[k], clean[SOURCES.index(o)]
-            leak = src * (10 ** (level / 20) * _rms(own) / max(_rms(src), 1e-12))
-            room = 0.95 - float(np.abs(own).max())
-            if np.abs(leak).max() > room:  # keep 16-bit stems unclipped
-                leak *= room / float(np.abs(leak).max())
-            stems[k] = own + leak
-            label.update(source=o, level_db=round(20 * math.log10(_rms(leak) / _rms(own)), 3))
-        elif kind == "swap":
-            o = others(s)[rng.integers(3)]
-            stems[k] = clean[SOURCES.index(o)]
-            label.update(holds=o)
-        elif kind == "other_song":
-            j = int(rng.integers(tracks - 1))
-            j = j + 1 if j >= index else j
-            stems[k] = clean_source(seed, j, s, seconds=seconds, samplerate=sr)
-            label.update(track=names[j])
-        elif kind == "partial":
-            o = others(s)[rng.integers(3)]
-            dur = rng.uniform(0.3, 0.7) * n
-            a = int(rng.uniform(0, n - dur))
-            b = int(a + dur)
-            fade = min(int(0.01 * sr), max(1, (b - a) // 4))
-            mask = np.zeros(n, np.float32)
-            mask[a:b] = 1.0
-            ramp = np.linspace(0, 1, fade, dtype=np.float32)
-            mask[a:a + fade] = ramp
-            mask[b - fade:b] = ramp[::-1]
-            stems[k] = clean[k] * (1 - mask) + clean[SOURCES.index(o)] * mask
-            label.update(holds=o, start=round(a / sr, 4), end=round(b / sr, 4))
-        labels[s] = label
-    # Moves last, so a receiver (drawn clean) gets exactly the moved content.
-    for s, entry in plan.items():
-        if entry["kind"] != "silent":
-            continue
-        k, r = SOURCES.index(s), SOURCES.index(entry["moved_to"])
-        stems[r] = stems[r] + clean[k]
-        stems[k] = 0.0
-        labels[s]["moved_to"] = entry["moved_to"]
-        labels[entry["moved_to"]] = {
-            "noisy": True, "kind": "bleed", "source": s, "via": "silent",
-            "level_db": round(20 * math.log10(_rms(clean[k]) / max(_rms(clean[r]), 1e-12)), 3)}
-    return stems, labels
+        labels[s]["recordings"] = sampled.recording_labels(track, s)
+    return clean, stems, labels
 
 
 def generate(out_dir, *, tracks: int, seconds: float, noise_rate: float, seed: int,
              samplerate: int = 44100, kinds: dict | None = None, write_clean: bool = False,
-             float32: bool = False, progress: bool = True) -> Path:
+             float32: bool = False, progress: bool = True, render: str = "sine", soundfonts=None) -> Path:
     """Write ``tracks`` track folders under ``out_dir``; return the path of noise_labels.json.
 
     ``kinds`` weights the noise kinds (``{"swap": 2}``; kinds not named keep
-    weight 1). ``noise_rate=0`` gives a clean set.
+    weight 1, ``misgroup`` only with ``render="sampled"``). ``noise_rate=0``
+    gives a clean set. ``render``: ``"sine"`` or ``"sampled"`` (SoundFonts from
+    ``soundfonts``, else ``$LABELNOISE_SOUNDFONTS``, else Debian's).
     """
     if tracks < 1:
         raise ValueError(f"tracks must be >= 1, got {tracks}")
@@ -482,15 +422,24 @@ def generate(out_dir, *, tracks: int, seconds: float, noise_rate: float, seed: i
         raise ValueError(f"seconds must be > 0, got {seconds}")
     if not 0 <= noise_rate <= 1:
         raise ValueError(f"noise_rate must be in [0, 1], got {noise_rate}")
-    weights = _kind_weights(kinds)
+    weights = _kind_weights(kinds, render)
+    fonts = None
+    if render == "sampled":
+        from .fluid import find_soundfonts
+        fonts = [str(f) for f in find_soundfonts(soundfonts)]
     out_dir = Path(out_dir)
     names = [track_name(i, tracks) for i in range(tracks)]
     all_labels = {}
     for i in progress_bar(range(tracks), desc="synth", unit="track", disable=not progress):
         rng = _rng(seed, i, 99)
-        plan = _draw_noise(rng, noise_rate, weights, tracks)
-        clean = clean_track(seed, i, seconds=seconds, samplerate=samplerate)
-        stems, labels = _noisy_track(seed, i, tracks, names, clean, plan, rng, seconds, samplerate)
+        if render == "sampled":
+            clean, stems, labels = _sampled_track(seed, i, tracks, names, rng, noise_rate, weights, seconds,
+                                                  samplerate, fonts)
+        else:
+            plan = draw_noise(rng, noise_rate, weights, tracks)
+            clean = clean_track(seed, i, seconds=seconds, samplerate=samplerate)
+            stems, labels = noisy_track(i, tracks, names, clean, plan, rng, samplerate,
+                                        lambda j, s: clean_source(seed, j, s, seconds=seconds, samplerate=samplerate))
         folder = out_dir / names[i]
         mixture = 0.0
         for k, s in enumerate(SOURCES):
@@ -504,7 +453,8 @@ def generate(out_dir, *, tracks: int, seconds: float, noise_rate: float, seed: i
         all_labels[names[i]] = labels
     write_json(out_dir / PARAMS_FILE, {
         "seed": seed, "seconds": seconds, "samplerate": samplerate, "noise_rate": noise_rate,
-        "kinds": dict(zip(NOISE_KINDS, weights.tolist())), "tracks": names})
+        "kinds": dict(zip(NOISE_KINDS, weights.tolist())), "tracks": names, "render": render,
+        **({"soundfonts": fonts} if fonts else {})})
     labels_path = out_dir / LABELS_FILE
     write_json(labels_path, all_labels)
     noisy = sum(lab["noisy"] for t in all_labels.values() for lab in t.values())
@@ -540,13 +490,22 @@ def main(argv=None) -> None:
                              "kinds not named keep weight 1, use KIND=0 to exclude one)")
     parser.add_argument("--write-clean", action="store_true", help="also write the clean stems to DIR/clean/<track>/")
     parser.add_argument("--float32", action="store_true", help="write stems as 32-bit float instead of 16-bit PCM")
+    parser.add_argument("--render", choices=RENDERS, default="sine",
+                        help="sine: sines and noise bursts (fast, the default); sampled: several recordings per stem "
+                             "played by General MIDI SoundFonts through FluidSynth, with effects (make sounds)")
+    parser.add_argument("--soundfont", action="append", type=Path, default=None, metavar="SF2",
+                        help="with --render sampled: a SoundFont to play (repeat for several; default "
+                             "$LABELNOISE_SOUNDFONTS, else /usr/share/sounds/sf2/FluidR3_GM.sf2 and TimGM6mb.sf2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         kinds = parse_kinds(args.kinds)
         path = generate(args.out, tracks=args.tracks, seconds=args.seconds, noise_rate=args.noise_rate,
                         seed=args.seed, samplerate=args.samplerate, kinds=kinds,
-                        write_clean=args.write_clean, float32=args.float32)
+                        write_clean=args.write_clean, float32=args.float32, render=args.render,
+                        soundfonts=args.soundfont)
+    except RenderUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
     except ValueError as exc:
         parser.error(str(exc))
     print(path)
