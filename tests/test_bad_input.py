@@ -493,8 +493,9 @@ def test_separate_refuses_every_broken_checkpoint(name, work, good, bad_ckpt, ma
 def test_bag_with_a_crafted_model(work, good, bad_ckpt, marker, env):
     bag = work / "bag.yaml"
     bag.write_text(f"models: [{bad_ckpt['torch_zip_exec']}]\n")
-    result = cli(env, "separate.py", bag, good / "track_000" / "mixture.wav", "--out", work / "sep_bag",
-                 "--device", "cpu")
+    with unchanged(good, bad_ckpt["torch_zip_exec"].parent):
+        result = cli(env, "separate.py", bag, good / "track_000" / "mixture.wav", "--out", work / "sep_bag",
+                     "--device", "cpu")
     check(result, 2, "torch_zip_exec.th", CKPT_WORDS["torch_zip_exec"])
     assert not marker.exists()
 
@@ -544,7 +545,8 @@ def test_train_own_checkpoint_of_another_model(work, good, trained, env):
     run = work / "runs" / "own_other_model"
     run.mkdir(parents=True)
     shutil.copyfile(trained / "checkpoint.th", run / "checkpoint.th")
-    result = cli(env, *train_args(work, good, run.name, "model.channels=12"))
+    with unchanged(good):
+        result = cli(env, *train_args(work, good, run.name, "model.channels=12"))
     check(result, 1, "checkpoint.th", "the weights do not fit this config's model")
 
 
@@ -555,12 +557,13 @@ def test_no_crafted_pickle_ever_ran(marker, bad_ckpt):
 # ---------------------------------------------------------------- separate, filter, auto_filter
 
 def test_separate_refuses_nan_input(work, good, trained, env):
-    song = work / "nan_song.wav"
+    song = work / "songs" / "nan_song.wav"
     wav = stereo()
     wav[100:200] = np.nan
     write_wav(song, wav, subtype="FLOAT")
     out = work / "sep_nan"
-    result = cli(env, "separate.py", trained / "model.th", song, "--out", out, "--device", "cpu")
+    with unchanged(song.parent):
+        result = cli(env, "separate.py", trained / "model.th", song, "--out", out, "--device", "cpu")
     check(result, 1, "nan_song.wav", "holds 200 NaN or infinite sample(s)", extra_errors=1)
     assert not out.exists()
 
@@ -618,7 +621,9 @@ def test_filter_fails_when_no_stem_can_be_used(work, good, trained, env):
 
 @pytest.mark.parametrize("args,words", [(["--key", "-6"], "--key >= 0"), (["--speed", "0"], "--speed > 0")])
 def test_filter_bad_arguments(args, words, work, good, trained, env):
-    check(cli(env, *filter_args(trained / "model.th", good, work / "f_args", *args)), 2, words)
+    with unchanged(good):
+        check(cli(env, *filter_args(trained / "model.th", good, work / "f_args", *args)), 2, words)
+    assert not (work / "f_args").exists()
 
 
 @pytest.fixture(scope="module")
@@ -635,7 +640,8 @@ def auto_args(outputs: Path, data: Path, dest: Path, *extra) -> list:
 
 @pytest.mark.parametrize("args,words", [(["m", "6", "0"], "SPEED > 0"), (["m", "-1", "200"], "KEY >= 0")])
 def test_auto_filter_bad_arguments(args, words, work, one, outputs, env):
-    result = cli(env, "auto_filter.py", *args, "--outputs", outputs, "--data", one, "--dry-run")
+    with unchanged(one, outputs):
+        result = cli(env, "auto_filter.py", *args, "--outputs", outputs, "--data", one, "--dry-run")
     check(result, 2, words)
 
 
