@@ -20,6 +20,15 @@ written to. Commands::
     python auto_filter.py pretrain3 6 200 --keep-fraction 0.6      # the best 60 % of each source
     python auto_filter.py pretrain3 6 200 20 --outputs /scratch/evaluator_outputs_pretrain3_key6_speed200 \\
         --labels data/labelnoise/noise_labels.json --dry-run
+    python auto_filter.py pretrain3 6 200 -5                       # a negative threshold needs no --
+
+OUTPUTS written by filter.py record the dataset, key and speed they were made
+with (filter.json); other --data, KEY or SPEED are refused. A run killed while
+writing DEST leaves selection.json with "complete": false, which train.py
+refuses; the same command again finishes it.
+
+Exit codes: 0 done; 1 failed (no volumes, outputs of other data, a DEST made
+with other settings, a read-only or full disk); 2 bad arguments.
 """
 from __future__ import annotations
 
@@ -28,13 +37,15 @@ import logging
 import sys
 from pathlib import Path
 
+from labelnoise.errors import command_line
 from labelnoise.selection import DEFAULT_DATA, select
 
 log = logging.getLogger("auto_filter")
 
 
+@command_line(log)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="the model name the filter ran with (pretrain3, filtered360, ...)")
     parser.add_argument("key", type=int, help="the filter's pitch change in semitones (the original: 6)")
     parser.add_argument("speed", type=int, help="the filter's tempo in percent (the original: 200)")
@@ -56,6 +67,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="decide and log the counts; write nothing to DEST")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.key < 0 or args.speed <= 0:
+        parser.error(f"need KEY >= 0 (semitones up) and SPEED > 0 (percent), got {args.key} and {args.speed}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         sel = select(args.model, args.key, args.speed, args.threshold, keep_fraction=args.keep_fraction,

@@ -28,6 +28,7 @@ import torch
 from labelnoise import SOURCES
 from labelnoise.audio import AudioError
 from labelnoise.bag import BagError, load_model_or_bag
+from labelnoise.errors import command_line
 from labelnoise.evaluation import (MAX_LENGTH_DIFF, evaluate_dirs, evaluate_model, format_table,
                                    write_report)
 from labelnoise.inference import MODES, PRECISIONS
@@ -70,6 +71,7 @@ def parse_args(argv=None):
     return args
 
 
+@command_line(log)
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

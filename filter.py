@@ -27,12 +27,14 @@ labelnoise/volumes.py), ``filter.json`` (the settings) and, with
 filter; ``--mode plain`` (normalised back-to-back chunks, no shifts) the
 second. Running the same command again resumes: stems already recorded are
 skipped; into a folder made with other settings it refuses. A missing stem
-file is skipped and counted; a stem file that cannot be read stops the run
+file is skipped and counted; a stem file that cannot be used (not audio,
+truncated, NaN or infinite samples, more than two channels) stops the run
 with its name, or, with ``--skip-bad``, is skipped, counted and tried again
-by the next run.
+by the next run; a run that could use no stem at all fails.
 
-Exit codes: 0 done; 1 the run failed (unreadable file, other settings in the
-folder, a model that cannot be loaded); 2 bad arguments.
+Exit codes: 0 done; 1 the run failed (a dataset folder that does not exist,
+an unusable file, other settings in the folder, a model that cannot be
+loaded, a read-only or full disk); 2 bad arguments.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from labelnoise import distributed
 from labelnoise.audio import AudioError
 from labelnoise.bag import BagError, load_model_or_bag
+from labelnoise.errors import command_line
 from labelnoise.filtering import FilterError, default_out_dir, run_filter
 from labelnoise.inference import MODES, PRECISIONS
 from labelnoise.trainer import env_rank, setup_logging
@@ -54,8 +57,7 @@ log = logging.getLogger("filter")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Exit codes: 0 done, 1 failed, 2 bad arguments.")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path,
                         help="checkpoint (any format labelnoise.checkpoint reads) or a bag YAML")
     parser.add_argument("--data", required=True, type=Path, help="dataset root: ROOT/<track>/<stem>.wav")
@@ -84,11 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.shifts = 0 if args.mode == "plain" else 1
     if args.mode == "plain" and args.shifts:
         parser.error("--mode plain has no shifts; leave --shifts out")
-    if args.speed <= 0 or args.shifts < 0 or (args.batch_size is not None and args.batch_size < 1):
-        parser.error("need --speed > 0, --shifts >= 0 and --batch-size >= 1")
+    if args.speed <= 0 or args.key < 0 or args.shifts < 0 or (args.batch_size is not None and args.batch_size < 1):
+        parser.error("need --speed > 0, --key >= 0 (semitones up), --shifts >= 0 and --batch-size >= 1")
     return args
 
 
+@command_line(log)
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(env_rank())

@@ -9,9 +9,10 @@ the input's sample rate; ``<track>`` is the file name without extension, or
 the folder name for ``<track>/mixture.wav``, so a test set separated this way
 is laid out for ``evaluate.py``. Any file soundfile reads (WAV, FLAC, OGG...)
 works; mono becomes stereo, more than two channels is an error, other sample
-rates are resampled to the model's and back. A file that cannot be read or
-written gets a one-line error and the others still run; the exit code is 1 if
-any failed.
+rates are resampled to the model's and back. A file that cannot be read
+(not audio, truncated, NaN or infinite samples) or written, or whose
+separation is not finite, gets a one-line error and the others still run;
+the exit code is 1 if any failed, 2 for a model that cannot be loaded.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from labelnoise.audio import AudioError, info, read_audio, resample, write_audio
 from labelnoise.bag import BagError, load_model_or_bag
+from labelnoise.errors import command_line, describe
 from labelnoise.inference import MODES, PRECISIONS, apply
 
 log = logging.getLogger("separate")
@@ -76,6 +78,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@command_line(log)
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -129,6 +132,11 @@ def main(argv=None) -> int:
                              overlap=args.overlap, shifts=args.shifts, batch_size=args.batch_size,
                              device=args.device, progress=True, precision=args.precision,
                              mode=args.mode, rng=rng)
+            if not bool(torch.isfinite(estimate).all()):
+                # 16-bit WAV would turn NaN into -1.0 everywhere: write nothing instead.
+                log.error("%s: the model's output holds NaN or infinite values; nothing written", path)
+                failed += 1
+                continue
             out_dir = args.out / track_name(path)
             writes.append((out_dir, pool.submit(write_stems, out_dir, model.sources,
                                                 estimate.cpu().numpy(), model.samplerate, rate,
@@ -137,7 +145,7 @@ def main(argv=None) -> int:
             try:
                 future.result()
             except (OSError, RuntimeError, ValueError) as exc:
-                log.error("%s: writing failed (%s)", out_dir, exc)
+                log.error("%s: writing failed (%s)", out_dir, describe(exc) if isinstance(exc, OSError) else exc)
                 failed += 1
     done = len(args.audio) - failed
     log.info("separated %d of %d file(s) into %s", done, len(args.audio), args.out)

@@ -26,7 +26,9 @@ optimizer and epoch counter, the fine-tunes); see labelnoise/trainer.py.
 
 Exit codes: 0 finished; 3 preempted (SIGUSR1 or SIGTERM to the training
 processes: the state was saved, run the same command again / requeue);
-1 the run failed (diverged, data or checkpoint errors); 2 a bad config.
+1 the run failed (diverged, every step skipped as non-finite, data or
+checkpoint errors, another trainer in the same run dir, a read-only or full
+disk); 2 a bad config (unknown key, wrong type, a value out of range).
 Under torchrun, SIGTERM to torchrun is forwarded to every worker, which
 saves and exits 3, but torchrun itself then exits 1 (it re-raises the
 signal); SIGUSR1 must go to the workers themselves (torchrun 2.x does not
@@ -40,15 +42,15 @@ import logging
 import sys
 
 from labelnoise.config import ConfigError, load_config
+from labelnoise.errors import command_line
 from labelnoise.trainer import TrainingError, env_rank, setup_logging, train
 
 log = logging.getLogger("train")
 
 
+@command_line(log)
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Exit codes: 0 finished, 3 preempted (state saved), 1 failed, "
-                                            "2 bad config.")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a stage config, e.g. configs/step1.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

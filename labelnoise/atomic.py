@@ -2,7 +2,9 @@
 
 A writer gets a temporary path in the destination's directory (same file
 system, so ``os.replace`` is atomic) and the file is renamed into place only
-when the writer finished without an exception.
+when the writer finished without an exception. An OSError of the write (a
+full disk, a read-only folder) names the destination, not the temporary file
+(``labelnoise.errors.naming``).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .errors import naming
 
 # mkstemp creates files 0600; give ours the permissions a plain open() would.
 _UMASK = os.umask(0)
@@ -26,15 +30,17 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     the format from the extension (soundfile) still do.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    with naming(path, always=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with naming(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -1,9 +1,17 @@
 """Audio I/O: soundfile for reading and writing, soxr for resampling.
 
 Arrays are float32 ``(channels, frames)``. Every read error names the file.
+Two faults libsndfile lets through silently are errors here: a WAV whose
+header announces more frames than the file holds (libsndfile reads what is
+there, a shorter file), checked by ``info`` and by whole-file reads; and NaN
+or infinite samples in a float file, checked by every read (``check_finite``).
+
+Float WAVs are written without libsndfile's PEAK chunk, which holds the time
+of writing: the same samples always give the same bytes.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -27,15 +35,64 @@ def _check_exists(path) -> None:
         raise AudioError(f"{path}: file not found")
 
 
+# Subtypes whose samples can be NaN or infinite (integer PCM cannot).
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+# sndfile.h: SFC_SET_ADD_PEAK_CHUNK (soundfile has no name for it).
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050
+
+
 def info(path: str | os.PathLike) -> sf._SoundFileInfo:
-    """soundfile.info with an error that names the file."""
+    """soundfile.info with an error that names the file; a truncated WAV is an error."""
     _check_exists(path)
     try:
-        return sf.info(str(path))
+        meta = sf.info(str(path))
     except FileNotFoundError:
         raise AudioError(f"{path}: file not found") from None
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: not readable as audio ({exc})") from None
+    check_complete(path, meta.format)
+    return meta
+
+
+def check_complete(path: str | os.PathLike, fmt: str) -> None:
+    """A RIFF WAV whose ``data`` chunk announces more bytes than the file holds was cut off.
+
+    libsndfile reads what is there and reports that many frames, so the file
+    would pass as a shorter one. A size of 0 or 0xFFFFFFFF (a writer that
+    never filled it in) says nothing and passes.
+    """
+    if fmt not in ("WAV", "WAVEX"):
+        return
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return
+            block = 0
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return
+                name, length, start = chunk[:4], int.from_bytes(chunk[4:], "little"), f.tell()
+                if name == b"fmt ":
+                    block = int.from_bytes(f.read(16)[12:14], "little")  # bytes per frame
+                elif name == b"data":
+                    held = size - start
+                    if 0 < length < 0xFFFFFFFF and length > held and block:
+                        raise AudioError(f"{path}: truncated: its header announces {length // block} frames, "
+                                         f"the file holds {held // block}")
+                    return
+                f.seek(start + length + (length & 1))  # chunks are padded to an even size
+    except OSError as exc:
+        raise AudioError(f"{path}: not readable ({exc.strerror or exc})") from None
+
+
+def check_finite(wav: np.ndarray, path) -> None:
+    """NaN or infinite samples are an error naming the file (a separator or a loss would spread them)."""
+    if not np.isfinite(wav).all():
+        bad = int(wav.size - np.isfinite(wav).sum())
+        raise AudioError(f"{path}: holds {bad} NaN or infinite sample(s)")
 
 
 def read_audio(path: str | os.PathLike, *, start: int = 0, frames: int = -1,
@@ -52,11 +109,15 @@ def read_audio(path: str | os.PathLike, *, start: int = 0, frames: int = -1,
             if start:
                 f.seek(start)
             wav = f.read(frames, dtype="float32", always_2d=True).T
-            file_rate = f.samplerate
+            file_rate, fmt, subtype = f.samplerate, f.format, f.subtype
     except FileNotFoundError:
         raise AudioError(f"{path}: file not found") from None
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: not readable as audio ({exc})") from None
+    if start == 0 and frames < 0:
+        check_complete(path, fmt)
+    if subtype in FLOAT_SUBTYPES:
+        check_finite(wav, path)
     wav = convert_channels(wav, channels, path)
     if samplerate is not None and file_rate != samplerate:
         wav = resample(wav, file_rate, samplerate)
@@ -94,9 +155,13 @@ def write_audio(path: str | os.PathLike, wav, samplerate: int, *, float32: bool 
     subtype = "FLOAT" if float32 else ("VORBIS" if fmt == "OGG" else "PCM_16")
     if not float32:
         wav = np.clip(wav, -1.0, 1.0)
+    # Encoded in memory, then written as bytes: a full disk or a read-only folder is then an
+    # OSError that says so (libsndfile reports only "System error").
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, "w", samplerate, wav.shape[0], subtype=subtype, format=fmt) as f:
+        if float32 and fmt == "WAV":
+            # No PEAK chunk: it records the time of writing, so equal samples would give other bytes.
+            sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, sf._snd.SF_FALSE)
+        f.write(wav.T)
     with atomic_path(path) as tmp:
-        with sf.SoundFile(str(tmp), "w", samplerate, wav.shape[0], subtype=subtype, format=fmt) as f:
-            if subtype == "FLOAT":
-                # No PEAK chunk: it holds the time of writing, so the same audio would differ byte for byte.
-                sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, sf._snd.SF_FALSE)
-            f.write(wav.T)
+        tmp.write_bytes(buffer.getvalue())

@@ -16,9 +16,11 @@ pickle (``os.system``, ...) makes the load fail before anything runs.
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import pickle
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -71,23 +73,39 @@ _SAFE_GLOBALS = [(marker, dotted) for dotted, marker in _DEMUCS_CLASSES.items()]
 # ---------------------------------------------------------------- reading
 
 def _reason(exc: BaseException) -> str:
-    """One line from torch's (often multi-line) error: the weights-only cause, else the first line."""
+    """One line from torch's (often multi-line) error: the weights-only cause, else the first line.
+
+    Never torch's advice to load with ``weights_only=False``: for a file that
+    fails the weights-only check, that advice is how code gets run.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
-            return lines[i + 1]
+            lines = lines[i + 1:]
+            break
     reason = lines[0] if lines else ""
+    if "weights_only" in reason or "safe_globals" in reason:
+        reason = ""
     # Some failures carry only a number (a bad pickle key): name the error instead.
     return reason if any(c.isalpha() for c in reason) else f"{type(exc).__name__} {reason}".strip()
 
 
-def _read(path: Path):
+def read_checkpoint(path: str | os.PathLike):
+    """What a checkpoint file holds, read with ``weights_only=True`` and the allow-list above.
+
+    Any failure is a CheckpointError of one line naming the file: missing,
+    empty, truncated, not a torch file, or a pickle that asks for a global
+    outside the allow-list (nothing in it runs).
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file, expected a model checkpoint")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS), warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write; the file is refused or read either way.
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
@@ -97,7 +115,11 @@ def _read(path: Path):
                 "only tensors, plain containers and the demucs model class names") from None
         raise CheckpointError(f"{path}: not a readable checkpoint: corrupt or not a torch file "
                               f"({_reason(exc)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+    except PermissionError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure to parse them means "not a checkpoint"
+        # (RuntimeError, EOFError, ValueError, OSError "Invalid argument" from torch's zip reader;
+        # TypeError from a pickle that calls an allow-listed name, a demucs class marker, with arguments.)
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated, corrupt or not a torch file "
                               f"({_reason(exc)})") from None
 
@@ -180,7 +202,7 @@ def load_model(path: str | os.PathLike, config: dict | str | os.PathLike | None 
     ``model:``) is needed only for bare or Lightning state dicts.
     """
     path = Path(path)
-    obj = _read(path)
+    obj = read_checkpoint(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a model checkpoint: expected a dict, found a {type(obj).__name__}")
     if obj.get("format") == FORMAT:
@@ -234,12 +256,46 @@ def _cpu_state(model: nn.Module, half: bool = False) -> dict:
             for k, v in model.state_dict().items()}
 
 
+class _WriteRecorder(io.RawIOBase):
+    """A file torch.save writes through that keeps the OSError of a failed write.
+
+    torch turns a failed write into a RuntimeError without the cause
+    ("unexpected pos ..."); the recorded error says what happened (a full
+    disk, a read-only folder).
+    """
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def save_atomic(obj, path: str | os.PathLike, **kwargs) -> None:
+    """``torch.save(obj)`` to ``path`` atomically; a failed write raises the OSError that caused it."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        recorder = _WriteRecorder(handle)
+        try:
+            torch.save(obj, recorder, **kwargs)
+            handle.flush()
+        except RuntimeError:
+            if recorder.error is None:
+                raise
+            raise recorder.error from None
+
+
 def save_model(model: nn.Module, path: str | os.PathLike, **extra) -> None:
     """Write ``model`` in our format, atomically; ``extra`` holds plain metadata (e.g. the run config)."""
     package = {"format": FORMAT, "model_config": _encode_config(model_config(model)),
                "state_dict": _cpu_state(model), **extra}
-    with atomic_path(path) as tmp:
-        torch.save(package, tmp)
+    save_atomic(package, path)
 
 
 class _DemucsPickler(pickle._Pickler):
@@ -292,6 +348,5 @@ def export_demucs(model: nn.Module, directory: str | os.PathLike, name: str = "e
     package = {"klass": _DEMUCS_CLASSES[dotted], "args": [], "kwargs": config,
                "state": _cpu_state(model, half=half), "training_args": dict(training_args or {})}
     path = Path(directory) / f"{name}.th"
-    with atomic_path(path) as tmp:
-        torch.save(package, tmp, pickle_module=_DemucsPickleModule)
+    save_atomic(package, path, pickle_module=_DemucsPickleModule)
     return path

@@ -12,6 +12,12 @@ network needs (``sources``, ``samplerate``...): ``configs/demo/joint360.yaml``
 extends ``../joint360.yaml`` (HTDemucs P2 keywords) and swaps in MaskNet this
 way. A command-line ``model.arch=...`` merges like any override.
 
+The resolved config is then checked as a whole (``RANGES``): counts are
+integers in range (``optim.batch_size >= 1``), ratios lie in their interval
+(``0 < optim.trunc_ratio <= 1``), choices are among their words
+(``optim.loss``), so that a bad value is a ConfigError (train.py: exit 2)
+before any run dir exists, not a failure in the middle of training.
+
     cfg = load_config("configs/step2.yaml", ["optim.lr=2e-4", "data.root=/scratch/labelnoise"])
     cfg["run"]["name"]     # "step2": runs go to runs/step2/
 """
@@ -19,8 +25,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 from copy import deepcopy
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -159,8 +167,95 @@ def load_config(path: str | os.PathLike, overrides=()) -> dict:
     if config.get("run", {}).get("name") is None:
         config.setdefault("run", {})["name"] = path.stem
     check_model_config(config.get("model", {}), str(path))
+    _check_ranges(config, str(path))
     _check_consistent(config, str(path))
     return config
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a config value may be: ``low``/``high`` bounds (None: none), each open or closed."""
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+
+    def fits(self, value) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        bounds = [f"{'>' if self.low_open else '>='} {self.low:g}" if self.low is not None else "",
+                  f"{'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else ""]
+        text = ("an integer " if self.integer else "a number ") + " and ".join(b for b in bounds if b)
+        return text.strip() + (" or null" if self.nullable else "")
+
+
+COUNT = Range(1, integer=True)      # 1, 2, ...
+SIZE = Range(0, integer=True)       # 0, 1, ...
+POSITIVE = Range(0, low_open=True)  # > 0
+AT_LEAST_0 = Range(0)
+PROBA = Range(0, 1)
+# Every value with a range or a set of choices; the network's own keywords (model.*) only where
+# data and inference rely on them (a keyword left out takes the network's default).
+RANGES: dict[str, Range | tuple] = {
+    "run.seed": Range(integer=True), "run.save_every_minutes": POSITIVE,
+    "model.samplerate": COUNT, "model.segment": POSITIVE, "model.audio_channels": Range(1, 2, integer=True),
+    "data.mode": ("tracks", "pool"), "data.samplerate": COUNT, "data.segment": POSITIVE,
+    "data.stride": POSITIVE, "data.grid": POSITIVE, "data.items_per_epoch": Range(1, integer=True, nullable=True),
+    "data.workers": SIZE,
+    "augment.shift": AT_LEAST_0, "augment.scale.proba": PROBA, "augment.scale.min": POSITIVE,
+    "augment.scale.max": POSITIVE, "augment.remix.proba": PROBA, "augment.remix.group_size": SIZE,
+    "augment.repitch.backend": ("rubberband", "vocoder"), "augment.repitch.proba": PROBA,
+    "augment.repitch.max_pitch": AT_LEAST_0, "augment.repitch.max_tempo": Range(0, 100, high_open=True),
+    "augment.repitch.tempo_std": AT_LEAST_0,
+    "optim.loss": ("l1", "mse", "l1_trunc", "mse_trunc"), "optim.trunc_ratio": Range(0, 1, low_open=True),
+    "optim.trunc_by": ("absolute", "relative"), "optim.trunc_scope": ("local", "global", "running"),
+    "optim.trunc_window": COUNT, "optim.lr": POSITIVE, "optim.weight_decay": AT_LEAST_0,
+    "optim.clip_grad": AT_LEAST_0, "optim.ema": Range(0, 1, high_open=True), "optim.epochs": SIZE,
+    "optim.batch_size": COUNT, "optim.accumulate": COUNT,
+    "train.precision": ("bf16", "float32"), "train.max_bad_steps": COUNT,
+    "valid.every": COUNT, "valid.shifts": SIZE, "valid.overlap": Range(0, 1, high_open=True),
+}
+
+
+def _lookup(config: dict, dotted: str):
+    value = config
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _check_ranges(config: dict, where: str) -> None:
+    """Every value of ``RANGES`` in its range, then the lists and the pairs of values."""
+    for dotted, allowed in RANGES.items():
+        value = _lookup(config, dotted)
+        if dotted.startswith("model.") and value is None:
+            continue  # a network keyword left to its default
+        if isinstance(allowed, Range) and not allowed.fits(value):
+            raise ConfigError(f"{where}: {dotted} must be {allowed.describe()}, got {value!r}")
+        if isinstance(allowed, tuple) and value not in allowed:
+            raise ConfigError(f"{where}: {dotted} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    weights, betas = config["optim"]["weights"], config["optim"]["betas"]
+    if not all(AT_LEAST_0.fits(w) for w in weights) or not sum(weights) > 0:
+        raise ConfigError(f"{where}: optim.weights must be numbers >= 0 with a positive sum, got {weights!r}")
+    if len(betas) != 2 or not all(Range(0, 1, high_open=True).fits(b) for b in betas):
+        raise ConfigError(f"{where}: optim.betas must be two numbers >= 0 and < 1, got {betas!r}")
+    scale = config["augment"]["scale"]
+    if scale["min"] > scale["max"]:
+        raise ConfigError(f"{where}: augment.scale.min {scale['min']} is above augment.scale.max {scale['max']}")
+    if config["data"]["mode"] == "pool" and config["data"]["items_per_epoch"] is None:
+        raise ConfigError(f"{where}: data.items_per_epoch must be set for data.mode pool "
+                          "(an epoch is that many items)")
 
 
 def _check_consistent(config: dict, where: str) -> None:

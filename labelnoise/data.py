@@ -13,7 +13,10 @@ rank a disjoint shard of indices, and DataLoader workers split a rank's
 indices, so no two processes see the same item. Every read is a seek of one
 segment (the metadata gives lengths; no file is scanned per item). Mono
 stems become stereo and stems at another sample rate are resampled (soxr)
-on read; the metadata records both.
+on read; the metadata records both. Files the indexer refused (unreadable,
+truncated, NaN/Inf samples, more than two channels) are skipped and counted
+in a warning; a pool that auto_filter did not finish writing is refused
+(``labelnoise.provenance``).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 from . import SOURCES
 from .audio import AudioError, read_audio, resample
 from .metadata import load_metadata
+from .provenance import check_pool_finished
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ class _Base(torch.utils.data.Dataset):
     def __init__(self, root_or_metadata, sources, segment, samplerate, seed, item_transform):
         self.meta = load_metadata(root_or_metadata)
         self.root = Path(self.meta["root"])
+        check_pool_finished(self.root)
         self.sources = tuple(sources)
         unknown = [s for s in self.sources if s not in self.meta["files"]]
         if unknown:
@@ -103,8 +108,12 @@ class _Base(torch.utils.data.Dataset):
         self.item_transform = item_transform
         self.reader = _StemReader(self.root, samplerate)
         if self.meta.get("errors"):
-            log.warning("%s: %d unreadable file(s) skipped (listed in the metadata's errors)",
-                        self.root, len(self.meta["errors"]))
+            log.warning("%s: %d unusable file(s) skipped (listed with the reason in the metadata's errors; "
+                        "create_metadata.py prints them): %s", self.root, len(self.meta["errors"]),
+                        "; ".join(list(self.meta["errors"].values())[:3]))
+        if self.meta.get("uneven"):
+            log.warning("%s: %d track(s) with stems of unequal length are read up to their shortest stem: %s",
+                        self.root, len(self.meta["uneven"]), ", ".join(list(self.meta["uneven"])[:5]))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

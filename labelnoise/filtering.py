@@ -33,6 +33,7 @@ The command line is ``filter.py`` (see its docstring).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -58,7 +59,7 @@ from .inference import MODES, PRECISIONS, apply
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = "filter.json"
+SETTINGS_FILE = vol.SETTINGS_FILE
 VOLUMES_FILE = "volumes.jsonl"
 FORMAT = "mdx-labelnoise/filter-v1"
 # Rubber Band's R2 engine, formants not preserved: what the original's
@@ -348,6 +349,10 @@ def _as_outputs(estimate, pair: Pair, sources: Sequence[str]) -> np.ndarray:
     if estimate.ndim != 3 or estimate.shape[0] != len(sources):
         raise FilterError(f"{pair.path}: the separator returned shape {estimate.shape}, "
                           f"expected ({len(sources)}, channels, time) for sources {list(sources)}")
+    if not np.isfinite(estimate).all():
+        # Its volumes would read as -inf dB, a silent output, and the stem would drop out unseen.
+        raise FilterError(f"{pair.path}: the separator's output holds NaN or infinite values "
+                          "(a diverged model?); no volume recorded")
     return estimate
 
 
@@ -385,6 +390,9 @@ def run_filter(data_root: str | os.PathLike, out_dir: str | os.PathLike,
     dist = dist or distributed.DistInfo(0, 0, 1, torch.device("cpu"))
     if speed <= 0:
         raise FilterError(f"speed must be a positive percentage, got {speed}")
+    if not data_root.is_dir():
+        raise FilterError(f"{data_root}: dataset folder does not exist" if not data_root.exists()
+                          else f"{data_root}: not a folder (expected ROOT/<track>/<stem>.wav)")
     is_model = isinstance(separator, nn.Module)
     if is_model:
         samplerate = samplerate or separator.samplerate
@@ -432,6 +440,9 @@ def run_filter(data_root: str | os.PathLike, out_dir: str | os.PathLike,
     if dist.is_main:
         target = merge_records(out_dir)
     distributed.barrier()
+    if not done and not total.done and (bad_headers or total.bad):
+        raise FilterError(f"{data_root}: no stem could be used ({len(bad_headers) + total.bad} unusable, "
+                          f"{len(missing)} missing); nothing was filtered")
     return FilterSummary(done=total.done, silent=total.silent, missing=len(missing),
                          bad=len(bad_headers) + total.bad, already=len(pairs) - len(pending),
                          seconds=total.seconds, wall_seconds=wall, volumes_path=target)
@@ -456,8 +467,9 @@ def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, 
     def load(pair):
         return _prepare(pair, samplerate, channels, key, speed, skip_bad)
 
-    with open(path, "a") as handle, progress_bar(total=len(pairs), unit="stem", desc="filter",
-                                             disable=not progress) as bar:
+    records = vol.RecordFile(path)
+    with contextlib.closing(records), progress_bar(total=len(pairs), unit="stem", desc="filter",
+                                                   disable=not progress) as bar:
         for item in _prefetch(pairs, load, prefetch):
             pair = item.pair
             bar.update(1)
@@ -478,8 +490,8 @@ def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, 
                 _write_outputs(out_dir, pair, sources, outputs, samplerate)
             seconds = item.wav.shape[-1] / samplerate
             # After the WAVs: a recorded pair always has its files.
-            vol.append_record(handle, vol.record(pair.track, pair.stem, volumes,
-                                                 silent=item.shifted is None, seconds=seconds))
+            records.append(vol.record(pair.track, pair.stem, volumes, silent=item.shifted is None,
+                                      seconds=seconds))
             counts.done += 1
             counts.seconds += seconds
     return counts

@@ -14,16 +14,24 @@ The metadata (a JSON-able dict) holds::
      "files": {source: {relative path: {"track", "frames", "samplerate",
                                         "channels", "subtype", "silent",
                                         "size", "mtime"}}},
-     "errors": {relative path: reason},        # unreadable files, skipped
+     "errors": {relative path: reason},        # unusable files, skipped
      "missing": {track: [source, ...]},        # tracks layout: absent stems
+     "extra": {track: [file name, ...]},       # tracks layout: .wav files that are no source
+     "uneven": {track: {source: seconds}},     # tracks layout: stems of unequal length
      "summary": {...counts...}}
 
 A stem is ``silent`` when ``20*log10(mean|x|) < -80`` (mean over all samples
 and channels), the rule of the original filter. Mono files and files at
 another sample rate are recorded as they are and converted when read
-(``labelnoise.data``); files with more than two channels, no frames, or that
-cannot be decoded go to ``errors``. Re-indexing reuses every entry whose size
-and mtime did not change.
+(``labelnoise.data``); files with more than two channels, no frames, NaN or
+infinite samples, a WAV header announcing more frames than the file holds
+(truncated), or that cannot be decoded go to ``errors``: each is a counted
+skip, listed with its reason by ``create_metadata.py`` and counted in the
+training log (its track then lacks a stem and is skipped in tracks mode).
+Tracks whose stems differ in length (``uneven``; training reads a track up to
+its shortest stem) and ``.wav`` files other than the sources and
+``mixture.wav`` (``extra``, e.g. ``Vocals.wav``) are reported, not errors.
+Re-indexing reuses every entry whose size and mtime did not change.
 """
 from __future__ import annotations
 
@@ -42,7 +50,7 @@ from .progress import bar as progress_bar
 
 from . import SOURCES
 from .atomic import write_json
-from .audio import AudioError, info
+from .audio import FLOAT_SUBTYPES, AudioError, check_finite, info
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +77,11 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
-def list_files(root: Path, layout: str, sources=SOURCES) -> tuple[dict, dict]:
-    """``{source: {relpath: track}}`` of the stems present, and ``{track: [missing sources]}``."""
+def list_files(root: Path, layout: str, sources=SOURCES) -> tuple[dict, dict, dict]:
+    """``{source: {relpath: track}}`` of the stems present, ``{track: [missing sources]}`` and
+    ``{track: [.wav files that are no source]}``."""
     files = {s: {} for s in sources}
-    missing = {}
+    missing, extra = {}, {}
     if layout == "pool":
         for s in sources:
             folder = root / "train" / s
@@ -93,17 +102,25 @@ def list_files(root: Path, layout: str, sources=SOURCES) -> tuple[dict, dict]:
             absent = [s for s in sources if s not in present]
             if absent:
                 missing[d.name] = absent
+            known = {f"{s}.wav" for s in sources} | {"mixture.wav"}
+            others = sorted(f.name for f in d.iterdir() if f.suffix.lower() == ".wav" and _visible(f)
+                            and f.name not in known)
+            if others:
+                extra[d.name] = others
     else:
         raise ValueError(f"unknown layout {layout!r}; expected 'tracks' or 'pool'")
-    return files, missing
+    return files, missing, extra
 
 
 def mean_abs_db(path: str | os.PathLike) -> float:
-    """``20*log10(mean|x|)`` over all samples and channels, read in blocks."""
+    """``20*log10(mean|x|)`` over all samples and channels, read in blocks; NaN or Inf is an AudioError."""
     total, count = 0.0, 0
     try:
         with sf.SoundFile(str(path)) as f:
+            floats = f.subtype in FLOAT_SUBTYPES
             for block in f.blocks(blocksize=_BLOCK, dtype="float32", always_2d=True):
+                if floats:
+                    check_finite(block, path)
                 total += float(np.abs(block).sum(dtype=np.float64))
                 count += block.size
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
@@ -140,6 +157,16 @@ def _stat_matches(path: Path, entry: dict) -> bool:
     return entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime
 
 
+def uneven_tracks(files: dict) -> dict:
+    """``{track: {source: seconds}}`` of the tracks whose stems differ in length by more than a millisecond."""
+    seconds: dict[str, dict[str, float]] = {}
+    for source, entries in files.items():
+        for e in entries.values():
+            seconds.setdefault(e["track"], {})[source] = round(e["frames"] / e["samplerate"], 3)
+    return {t: lengths for t, lengths in sorted(seconds.items())
+            if max(lengths.values()) - min(lengths.values()) > 1e-3}
+
+
 def _summary(meta: dict) -> dict:
     per_source = {}
     for s, entries in meta["files"].items():
@@ -151,7 +178,8 @@ def _summary(meta: dict) -> dict:
             "errors": sum(1 for p in meta["errors"] if meta.get("error_sources", {}).get(p) == s),
         }
     return {"per_source": per_source, "errors": len(meta["errors"]),
-            "tracks_missing_stems": len(meta["missing"])}
+            "tracks_missing_stems": len(meta["missing"]), "tracks_uneven": len(meta.get("uneven", {})),
+            "tracks_extra_files": len(meta.get("extra", {}))}
 
 
 def index_dataset(root: str | os.PathLike, *, out: str | os.PathLike | None = None,
@@ -166,7 +194,7 @@ def index_dataset(root: str | os.PathLike, *, out: str | os.PathLike | None = No
     """
     root = Path(root).resolve()
     layout = layout or detect_layout(root, sources)
-    listing, missing = list_files(root, layout, sources)
+    listing, missing, extra = list_files(root, layout, sources)
     old = {}
     if out is not None and Path(out).is_file():
         try:
@@ -178,7 +206,7 @@ def index_dataset(root: str | os.PathLike, *, out: str | os.PathLike | None = No
             old = {p: e for entries in prev["files"].values() for p, e in entries.items()}
     meta = {"version": VERSION, "layout": layout, "root": str(root), "sources": list(sources),
             "files": {s: {} for s in sources}, "errors": {}, "error_sources": {},
-            "missing": missing, "complete": False}
+            "missing": missing, "extra": extra, "complete": False}
     todo = []
     for s, entries in listing.items():
         for rel, track in entries.items():
@@ -208,6 +236,7 @@ def index_dataset(root: str | os.PathLike, *, out: str | os.PathLike | None = No
         for s in sources:
             meta["files"][s] = dict(sorted(meta["files"][s].items()))
         meta["errors"] = dict(sorted(meta["errors"].items()))
+        meta["uneven"] = uneven_tracks(meta["files"]) if layout == "tracks" else {}
         meta["summary"] = _summary(meta)
         meta["summary"]["reused"] = reused
         if out is not None:

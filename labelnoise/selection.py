@@ -45,7 +45,9 @@ with ``link=True``; a copy where the file systems differ), ``selection.json``
 (settings, thresholds, counts, metrics) and the report (``filter_report``).
 DEST must not overlap the source dataset or the filter's output folders. A
 DEST made with other settings is refused; the same settings again skip the
-files already there and remove pool files no longer selected.
+files already there and remove pool files no longer selected. OUTPUTS made
+by ``filter.py`` from another dataset, key or speed are refused
+(``labelnoise.provenance``).
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from . import filter_report
 from .atomic import atomic_path, write_json
+from .provenance import SELECTION_FILE, check_outputs_origin
 from .audio import AudioError, read_audio
 from .volumes import is_clean, is_silent, margin_db, read_records, volume_db
 
@@ -73,7 +76,6 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 VOLUMES_FILE = "volumes.jsonl"
-SELECTION_FILE = "selection.json"
 DEFAULT_DATA = Path("data/labelnoise")  # configs/base.yaml data.root
 AUTO_MIN_STEMS = 8
 _CACHE_SAVE_SECONDS = 60.0
@@ -538,6 +540,7 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
 
     check_paths(data, outputs, dest, sources)
     present = dataset_stems(data, sources)
+    check_outputs_origin(outputs, data, key, speed)
     settings = settings_of(sfx, rule, outputs, data)
     if not dry_run:
         check_dest(dest, settings)

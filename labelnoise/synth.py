@@ -474,10 +474,8 @@ def remove_generated(out_dir) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m labelnoise.synth",
-        description="Generate a synthetic label-noise dataset: DIR/<track>/{bass,drums,other,vocals,mixture}.wav "
-                    "and DIR/noise_labels.json with the ground truth of every stem.")
+    parser = argparse.ArgumentParser(prog="python -m labelnoise.synth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--tracks", type=int, required=True, help="number of tracks")
     parser.add_argument("--seconds", type=float, required=True, help="length of each track in seconds")

@@ -14,6 +14,8 @@ A run lives in ``<run.root>/<run.name>/``:
     model_ema.th    the final EMA of the weights (with optim.ema > 0)
     best.th         the weights with the best validation SDR (when validating)
     done            written last; a run that has it returns at once
+    lock            held (flock) by the trainer running in this dir: a second
+                    trainer on the same dir stops at once, naming the holder's PID
 
 Where training starts: the run's own ``checkpoint.th``, else
 ``run.resume_from`` (a run dir or checkpoint: weights, optimizer and epoch
@@ -23,7 +25,10 @@ weights only), else scratch.
 Exit codes of :meth:`Trainer.run` (and of ``train.py``):
 ``EXIT_DONE`` (0) the run is finished; ``EXIT_PREEMPTED`` (3) SIGUSR1 or
 SIGTERM arrived, the state was saved and the same command continues it
-(the sbatch scripts requeue on 3). A run that cannot go on raises.
+(the sbatch scripts requeue on 3). A run that cannot go on raises
+TrainingError: data that cannot be read, a checkpoint that cannot be used,
+a run that diverged, and a run whose every step was skipped as non-finite
+(it writes no ``model.th``: there is no trained model to write).
 
 ``metrics.jsonl`` is the one file not replaced atomically: it is appended
 line by line, and every checkpoint records its length, so a resumed run first
@@ -49,11 +54,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .atomic import atomic_path, write_text
+from .atomic import write_text
+from .audio import AudioError
 from .augment import FlipChannels, FlipSign, Remix, Scale, Shift, build_repitch
-from .checkpoint import CheckpointError, load_model, save_model
+from .checkpoint import CheckpointError, load_model, read_checkpoint, save_atomic, save_model
 from .config import build_model, run_dir, run_path, save_config
 from .data import EpochSampler, PoolDataset, TrackDataset
+from .dirlock import FolderBusy, folder_lock
+from .errors import naming
 from .losses import ReconstructionLoss
 
 log = logging.getLogger(__name__)
@@ -71,6 +79,14 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------- building blocks
 
 def build_dataset(cfg: dict, item_transform=None):
+    """The config's dataset; a data folder or metadata that cannot be used is a TrainingError."""
+    try:
+        return _dataset(cfg, item_transform)
+    except (FileNotFoundError, ValueError) as exc:  # AudioError is a ValueError
+        raise TrainingError(f"data: {exc}") from None
+
+
+def _dataset(cfg: dict, item_transform=None):
     data = cfg["data"]
     source = data["metadata"] if data["metadata"] is not None else data["root"]
     common = dict(sources=cfg["model"]["sources"], segment=data["segment"], samplerate=data["samplerate"],
@@ -151,14 +167,29 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["augment"])
 
 
-def _read_state(path: Path) -> dict:
+_STATE_KEYS = ("model", "optimizer", "epoch", "step", "batch_in_epoch", "bad_steps", "bad_in_row", "best_sdr",
+               "metrics_bytes", "world_size", "ranks")
+
+
+def _read_state(path: Path, what: str) -> dict:
+    """A training checkpoint (``what`` says which, for the message), read as safely as any model file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise TrainingError(f"{path}: not a readable training checkpoint ({str(exc).splitlines()[0]})") from None
+        state = read_checkpoint(path)
+    except CheckpointError as exc:
+        raise TrainingError(f"{what}: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise TrainingError(f"{path}: not a training checkpoint of this project (format {STATE_FORMAT})")
+        raise TrainingError(f"{what}: {path}: not a training checkpoint of this project (format {STATE_FORMAT})")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise TrainingError(f"{what}: {path}: a training checkpoint without {', '.join(missing)}: corrupt")
     return state
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error itself: a DataLoader worker's error comes back with the worker's traceback in its text."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.removeprefix(f"{type(exc).__module__}.{type(exc).__name__}: ")
 
 
 # ---------------------------------------------------------------- the trainer
@@ -183,7 +214,11 @@ class Trainer:
         # The same initial weights on every rank (DDP would broadcast rank 0's anyway);
         # then each rank its own stream (dropout) and augmentation draws.
         torch.manual_seed(run["seed"])
-        self.model = build_model(cfg).to(self.device)
+        try:
+            self.model = build_model(cfg).to(self.device)
+        except (TypeError, ValueError, AssertionError) as exc:  # a keyword value the network refuses
+            raise TrainingError(f"model: cannot build {cfg['model'].get('arch', 'htdemucs')} from the config's "
+                                f"model section ({exc})") from None
         seed = run["seed"] + 1000 * self.dist.rank
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
@@ -225,6 +260,8 @@ class Trainer:
         self.batch_in_epoch = 0    # micro-batches of this epoch consumed
         self.bad_steps = 0
         self.bad_in_row = 0
+        self.good_steps = 0        # optimizer steps taken since this run began
+        self.start_step = 0        # the step this run began at (resume_from continues a counter)
         self.best_sdr = None
         self.metrics_bytes = 0
         self._signal = None
@@ -240,6 +277,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
                 "bad_steps": self.bad_steps, "bad_in_row": self.bad_in_row, "best_sdr": self.best_sdr,
+                "good_steps": self.good_steps, "start_step": self.start_step,
                 "metrics_bytes": self.metrics_bytes, "world_size": self.dist.world_size, "ranks": ranks,
                 "ema": None if self.ema is None else {k: v.cpu() for k, v in self.ema.items()}}
 
@@ -247,22 +285,21 @@ class Trainer:
         """Every rank calls this (the RNG states are gathered); rank 0 writes."""
         state = self._state()
         if self.dist.is_main:
-            with atomic_path(self.dir / "checkpoint.th") as tmp:
-                torch.save(state, tmp)
+            save_atomic(state, self.dir / "checkpoint.th")
             log.info("saved %s (epoch %d, step %d)", self.dir / "checkpoint.th", self.epoch, self.step)
         self._last_save = time.monotonic()
 
     def _load_weights(self, state_dict: dict, path: Path) -> None:
         try:
             self.model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
             raise TrainingError(f"{path}: the weights do not fit this config's model "
                                 f"({str(exc).splitlines()[0]})") from None
 
     def _load_optimizer(self, state: dict, path: Path) -> None:
         try:
             self.optimizer.load_state_dict(state)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
             raise TrainingError(f"{path}: its optimizer state does not fit this config's model ({exc})") from None
 
     def _reset_ema(self) -> None:
@@ -297,12 +334,15 @@ class Trainer:
         own = self.dir / "checkpoint.th"
         run = self.cfg["run"]
         if own.is_file():
-            state = _read_state(own)
+            state = _read_state(own, "this run's own checkpoint (move it away to start the run afresh)")
             self._load_weights(state["model"], own)
             self._load_optimizer(state["optimizer"], own)
             self._apply_optim_config()
             for key in ("epoch", "step", "batch_in_epoch", "bad_steps", "bad_in_row", "best_sdr", "metrics_bytes"):
                 setattr(self, key, state[key])
+            # Checkpoints from before these were kept: every good step counted, the run began at 0.
+            self.good_steps = state.get("good_steps", self.step - self.bad_steps)
+            self.start_step = state.get("start_step", 0)
             if self.ema is not None and state.get("ema") is not None:
                 self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
             elif self.ema is not None:
@@ -323,13 +363,14 @@ class Trainer:
             path = self._finished_run_file("resume_from", "checkpoint.th")
             if not path.is_file():
                 raise TrainingError(f"{path}: run.resume_from names no checkpoint (has that run started?)")
-            state = _read_state(path)
+            state = _read_state(path, "run.resume_from")
             self._load_weights(state["model"], path)
             self._load_optimizer(state["optimizer"], path)
             self._apply_optim_config()
             self._reset_ema()
             # The epoch counter continues; the position in an epoch does not (new data).
             self.epoch, self.step = state["epoch"], state["step"]
+            self.start_step = self.step
             return f"resume_from {path} (epoch {self.epoch})"
         if run["init_from"] is not None:
             path = self._finished_run_file("init_from", "model.th")
@@ -347,7 +388,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         line = json.dumps(record) + "\n"
-        with open(self.dir / "metrics.jsonl", "a") as f:
+        path = self.dir / "metrics.jsonl"
+        with naming(path), open(path, "a") as f:
             f.write(line)
         self.metrics_bytes += len(line.encode())
 
@@ -381,6 +423,36 @@ class Trainer:
         if (self.dir / "done").is_file():
             log.info("%s: finished already (found 'done')", self.dir)
             return EXIT_DONE
+        with self._exclusive():
+            if (self.dir / "done").is_file():  # another trainer finished it meanwhile
+                log.info("%s: finished already (found 'done')", self.dir)
+                return EXIT_DONE
+            try:
+                return self._run(stop_after)
+            except AudioError as exc:  # a stem that changed since it was indexed, read by the loader
+                raise TrainingError(f"data: {_one_line(exc)}") from None
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """Rank 0 holds the run dir's lock while the run lasts; when another trainer holds it, every rank stops."""
+        with contextlib.ExitStack() as stack:
+            busy = None
+            if self.dist.is_main:
+                try:
+                    stack.enter_context(folder_lock(self.dir, "trainer"))
+                except FolderBusy as exc:
+                    busy = str(exc)
+            busy = distributed.gather_objects(busy)[0]
+            if busy is not None:
+                raise TrainingError(busy)
+            yield
+
+    def _run(self, stop_after: int | None) -> int:
+        if self.dist.is_main:
+            # Temporary files of a process killed while writing (labelnoise.atomic); under the lock
+            # no one else is writing here.
+            for stale in self.dir.glob(".*.tmp.*"):
+                stale.unlink()
         origin = self.restore()
         if self.dist.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -398,6 +470,11 @@ class Trainer:
                 self.batch_in_epoch = 0
                 self._validate()
                 self.save_checkpoint()
+        if self.step > self.start_step and self.good_steps == 0:
+            raise TrainingError(
+                f"{self.dir}: every one of the {self.step - self.start_step} steps had a non-finite loss or "
+                f"gradient and was skipped, so nothing was trained and no model.th is written; look for "
+                f"stems with extreme levels in {self.cfg['data']['root']} or lower optim.lr")
         if self.dist.is_main:
             save_model(self.model, self.dir / "model.th", config=self.cfg, epoch=self.epoch, step=self.step)
             if self.ema is not None:
@@ -566,6 +643,7 @@ class Trainer:
             if self.ema is not None:
                 self._update_ema()
             self.bad_in_row = 0
+            self.good_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         elapsed = time.perf_counter() - start

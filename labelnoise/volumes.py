@@ -28,7 +28,11 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import naming
+
 SILENT_DB = -80.0
+# The filter's settings file in its output folder (what it ran on, with which key and speed).
+SETTINGS_FILE = "filter.json"
 
 
 def _db(value: float) -> float:
@@ -76,6 +80,39 @@ def append_record(handle, rec: dict) -> None:
     handle.write(json.dumps(rec) + "\n")
     handle.flush()
     os.fsync(handle.fileno())
+
+
+class RecordFile:
+    """A volumes file appended record by record, opened at the first: a run that fails before it leaves none.
+
+    A write that fails (a full disk) closes the file, and removes it when it
+    is still empty, so no empty rank file is left to look like a valid one.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.handle = path, None
+
+    def append(self, rec: dict) -> None:
+        with naming(self.path):
+            try:
+                self.handle = self.handle or open(self.path, "a")
+                append_record(self.handle, rec)
+            except OSError:
+                self.close(quiet=True)
+                if self.path.exists() and self.path.stat().st_size == 0:
+                    self.path.unlink()
+                raise
+
+    def close(self, quiet: bool = False) -> None:
+        handle, self.handle = self.handle, None
+        if handle is None:
+            return
+        try:
+            with naming(self.path):
+                handle.close()
+        except OSError:
+            if not quiet:  # after a failed write, closing fails again on the same unwritten buffer
+                raise
 
 
 def read_records(path: str | os.PathLike) -> Iterator[dict]:
