@@ -22,9 +22,6 @@ import soxr
 from .atomic import atomic_path
 
 
-_SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile's sndfile.h; soundfile does not name it
-
-
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message names the file."""
 
