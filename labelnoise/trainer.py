@@ -342,6 +342,15 @@ class Trainer:
             return f"init_from {path} (weights only)"
         return "scratch"
 
+    def _check_same_start(self, origin: str) -> None:
+        """Every rank reads the run dir itself: ranks that found different things (a run.root on each
+        node's own disk) would train apart and then wait forever in a collective that no longer matches."""
+        origins = distributed.gather_objects(origin)
+        if len(set(origins)) > 1:
+            found = "; ".join(f"rank {rank}: {o}" for rank, o in enumerate(origins))
+            raise TrainingError(f"{self.dir}: the processes found different states to start from ({found}); "
+                                f"run.root must be a folder every node sees (a shared filesystem)")
+
     # ------------------------------------------------------------ logging
     def _write_metrics(self, record: dict) -> None:
         if not self.dist.is_main:
@@ -378,10 +387,12 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self, stop_after: int | None = None) -> int:
         """Train to ``optim.epochs``; ``stop_after`` (tests) acts as a preemption after that many steps."""
-        if (self.dir / "done").is_file():
+        finished = (self.dir / "done").is_file()
+        origin = "a finished run" if finished else self.restore()
+        self._check_same_start(origin)
+        if finished:
             log.info("%s: finished already (found 'done')", self.dir)
             return EXIT_DONE
-        origin = self.restore()
         if self.dist.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.dir / "config.yaml")
