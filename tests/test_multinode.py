@@ -310,7 +310,9 @@ def on_two_nodes(cluster, data, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm_two_nodes")
     env = clean_env(SLURM_CONF=cluster, NODES="2", GPUS="0", NPROC="1", CPUS="1", MEM="0", CONSTRAINT="",
                     CPU_CPUS="1", CPU_MEM="500M", TIME_LIMIT="30:00", CPU_TIME_LIMIT="30:00", ENV_SETUP="",
-                    PYTHON=sys.executable)
+                    PYTHON=sys.executable,
+                    # Not 20000 + job id: another test cluster on this machine numbers its jobs from 1 too.
+                    RDZV_PORT=str(free_port()))
     batch_log = root / "part1-%j.out"
     # The batch job runs step1 itself: its own allocation needs --nodes=2 (NODES sizes the jobs it queues).
     batch_id = slurm_jobs._run(["sbatch", "--parsable", "--nodes=2", "--gres=none", "--constraint=",
