@@ -108,7 +108,10 @@ def free_port() -> int:
 
 
 def clean_env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    """The environment of every command here: one thread, no torchrun variables, this checkout's code
+    (also for `python slurm/submit.py`, whose own folder comes first on sys.path)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.update(extra)
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
