@@ -15,7 +15,9 @@ For every ``(track, stem)`` of a track-folder dataset
    ``OUT/{stem}/{track}/{source}.wav``, the original's layout).
 
 At the end rank 0 merges the rank files into ``OUT/volumes.jsonl`` (sorted by
-track, then stem; atomic replace). ``OUT/filter.json`` holds the settings; a
+track, then stem; atomic replace); over several nodes OUT must be a folder
+every node sees, and a rank 0 that does not find every rank's records stops
+with that reason instead. ``OUT/filter.json`` holds the settings; a
 run into the same folder with other settings is refused, with the same
 settings it resumes: pairs already recorded are skipped. Under ``torchrun``
 the pending pairs are shared out by duration (longest first to the least
@@ -434,8 +436,11 @@ def run_filter(data_root: str | os.PathLike, out_dir: str | os.PathLike,
                            skip_bad=skip_bad, prefetch=prefetch,
                            progress=progress and dist.is_main, rank=dist.rank)
     # The gather is also the barrier before rank 0 merges everyone's file.
-    total = sum(distributed.gather_objects(counts), Counts())
+    mine = {(r["track"], r["stem"]) for r in vol.read_records(rank_file(out_dir, dist.rank))}
+    shares = distributed.gather_objects((counts, mine))
+    total = sum((c for c, _ in shares), Counts())
     wall = time.perf_counter() - start
+    _check_all_recorded(out_dir, set().union(*(keys for _, keys in shares)), dist)
     target = out_dir / VOLUMES_FILE
     if dist.is_main:
         target = merge_records(out_dir)
@@ -446,6 +451,23 @@ def run_filter(data_root: str | os.PathLike, out_dir: str | os.PathLike,
     return FilterSummary(done=total.done, silent=total.silent, missing=len(missing),
                          bad=len(bad_headers) + total.bad, already=len(pairs) - len(pending),
                          seconds=total.seconds, wall_seconds=wall, volumes_path=target)
+
+
+def _check_all_recorded(out_dir: Path, written: set[tuple[str, str]], dist: distributed.DistInfo) -> None:
+    """Before rank 0 merges: the records every rank wrote must be in rank 0's view of ``out_dir``.
+
+    An ``out_dir`` on each node's own disk would otherwise give a ``volumes.jsonl`` of rank 0's
+    stems alone, and the stage would count as done. Rank 0 looks; every rank raises its verdict.
+    """
+    problem = None
+    unseen = sorted(written - recorded_pairs(out_dir)) if dist.is_main else []
+    if unseen:
+        track, stem = unseen[0]
+        problem = (f"{out_dir}: {len(unseen)} stems filtered by other processes have no record here (e.g. "
+                   f"{track}/{stem}); the output folder must be one every node sees (a shared filesystem)")
+    problem = distributed.gather_objects(problem)[0]
+    if problem:
+        raise FilterError(problem)
 
 
 def _log_skips(missing: list[Path], bad: list[str]) -> None:

@@ -383,6 +383,15 @@ class Trainer:
             return f"init_from {path} (weights only)"
         return "scratch"
 
+    def _check_same_start(self, origin: str) -> None:
+        """Every rank reads the run dir itself: ranks that found different things (a run.root on each
+        node's own disk) would train apart and then wait forever in a collective that no longer matches."""
+        origins = distributed.gather_objects(origin)
+        if len(set(origins)) > 1:
+            found = "; ".join(f"rank {rank}: {o}" for rank, o in enumerate(origins))
+            raise TrainingError(f"{self.dir}: the processes found different states to start from ({found}); "
+                                f"run.root must be a folder every node sees (a shared filesystem)")
+
     # ------------------------------------------------------------ logging
     def _write_metrics(self, record: dict) -> None:
         if not self.dist.is_main:
@@ -420,17 +429,24 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self, stop_after: int | None = None) -> int:
         """Train to ``optim.epochs``; ``stop_after`` (tests) acts as a preemption after that many steps."""
-        if (self.dir / "done").is_file():
+        finished = (self.dir / "done").is_file()
+        # Every rank must see the same run dir: one that finds `done` where another does not would wait forever.
+        self._check_same_start("a finished run" if finished else "an unfinished run")
+        if finished:
             log.info("%s: finished already (found 'done')", self.dir)
             return EXIT_DONE
         with self._exclusive():
-            if (self.dir / "done").is_file():  # another trainer finished it meanwhile
+            if self._agreed((self.dir / "done").is_file()):  # another trainer finished it meanwhile
                 log.info("%s: finished already (found 'done')", self.dir)
                 return EXIT_DONE
             try:
                 return self._run(stop_after)
             except AudioError as exc:  # a stem that changed since it was indexed, read by the loader
                 raise TrainingError(f"data: {_one_line(exc)}") from None
+
+    def _agreed(self, value):
+        """Rank 0's ``value`` on every rank."""
+        return distributed.gather_objects(value)[0]
 
     @contextlib.contextmanager
     def _exclusive(self):
@@ -442,7 +458,7 @@ class Trainer:
                     stack.enter_context(folder_lock(self.dir, "trainer"))
                 except FolderBusy as exc:
                     busy = str(exc)
-            busy = distributed.gather_objects(busy)[0]
+            busy = self._agreed(busy)
             if busy is not None:
                 raise TrainingError(busy)
             yield
@@ -454,6 +470,7 @@ class Trainer:
             for stale in self.dir.glob(".*.tmp.*"):
                 stale.unlink()
         origin = self.restore()
+        self._check_same_start(origin)
         if self.dist.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.dir / "config.yaml")

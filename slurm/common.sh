@@ -200,6 +200,10 @@ run_chain() {
     read_chain "$part" "$@"
     if [ -n "${SLURM_JOB_ID:-}" ] && [ "${0##*/}" != "$script_name" ]; then
         local logs=$chain_runs/${stage_name[0]} argv
+        # This job's own allocation runs the first stage; NODES sizes only the jobs it queues.
+        if [ "${stage_parallel[0]}" = 1 ] && [ "${SLURM_NNODES:-1}" != "$NODES" ]; then
+            die "NODES=$NODES but this job has ${SLURM_NNODES:-1} node(s) for ${stage_name[0]}: sbatch --nodes=$NODES slurm/$script_name"
+        fi
         if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then
             print_settings
             submit_chain "$SLURM_JOB_ID"

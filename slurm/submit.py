@@ -245,7 +245,8 @@ def _in_queue(job_id: str) -> bool:
 def _outcome(stage: pipeline.Stage, job, folder: Path) -> dict:
     """A finished job's result; SubmitError when it failed or ended without one (cancelled)."""
     try:
-        return job.result()
+        # A stage over several nodes is one task per node, each with the same result: task 0's stands for it.
+        return job.results()[0]
     except Exception as exc:  # submitit re-raises the job's exception, or says why there is none
         raise SubmitError(f"stage {stage.name} (job {job.job_id}) failed: {str(exc).strip().splitlines()[-1]}; "
                           f"log: {folder}") from None

@@ -92,7 +92,8 @@ def _global_worker(rank, world, init_file, estimate, sources, queue):
     estimate = estimate[sl].clone().requires_grad_()
     out = ReconstructionLoss("l1_trunc", 0.5, scope="global")(estimate, sources[sl])
     out.loss.backward()
-    queue.put((rank, out.keep, estimate.grad.clone()))
+    # numpy arrays travel by value: tensors would be shared memory the exiting worker may tear down first.
+    queue.put((rank, out.keep.numpy(), estimate.grad.numpy()))
     dist.destroy_process_group()
 
 
@@ -108,6 +109,7 @@ def test_global_scope_with_two_ranks_equals_one_process(tmp_path):
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    results = {rank: (torch.from_numpy(k), torch.from_numpy(g)) for rank, (k, g) in results.items()}
     keep = torch.cat([results[0][0], results[1][0]])
     single_estimate = estimate.clone().requires_grad_()
     single = ReconstructionLoss("l1_trunc", 0.5)(single_estimate, sources)

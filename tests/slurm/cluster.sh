@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# A one-node Slurm cluster in a folder, for the tests of slurm/ (Debian 12, as root).
+# A Slurm cluster in a folder, for the tests of slurm/ (Debian 12, as root).
 #
 #     bash tests/slurm/cluster.sh start DIR   # install slurm-wlm + munge if missing, start munged,
 #                                             # slurmctld and slurmd; print the SLURM_CONF to export
+#     bash tests/slurm/cluster.sh start DIR 2 # two nodes on this machine: two slurmd (slurmd -N)
 #     export SLURM_CONF=DIR/slurm.conf        # then sbatch, squeue, scontrol talk to it
 #     bash tests/slurm/cluster.sh stop DIR    # cancel every job, stop the daemons by their PID files
+#
+# With N nodes, node 1 is this machine's short host name (jobs reach a node
+# by its name, and torchrun's rendezvous runs on the first node of a job) and
+# nodes 2..N are HOST-n2, ...: each its own slurmd on its own port, spool
+# folder, PID file and log (%n in slurm.conf), all with this machine's CPUs
+# and memory. A job on two nodes thus runs both tasks here.
 #
 # Everything the cluster writes (state, spool, logs, PID files, the munge
 # key and socket) lives in DIR; nothing under /etc or /run is changed, so a
@@ -13,10 +20,12 @@
 # 2 this machine cannot run it (not root, or no slurm and no apt-get).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop DIR" >&2; exit 1; }
-[ $# -eq 2 ] || usage
+usage() { echo "usage: $0 start DIR [NODES] | stop DIR" >&2; exit 1; }
+[ $# -eq 2 ] || [ $# -eq 3 ] || usage
 action=$1
 dir=$2
+nodes=${3:-1}
+case $nodes in ''|*[!0-9]*|0) usage ;; esac
 
 # A killed daemon whose parent is not an init stays a zombie for a while: it counts as gone.
 alive() {
@@ -55,6 +64,11 @@ install_slurm() {
     fi
 }
 
+# Node I of the cluster: this machine's name, then HOST-n2, HOST-n3, ...
+node_name() {
+    if [ "$2" = 1 ]; then echo "$1"; else echo "$1-n$2"; fi
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -80,7 +94,7 @@ start() {
         --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" \
         --seed-file="$dir/munge/munged.seed"
 
-    local host node ctld_port slurmd_port
+    local host node ctld_port slurmd_port name port i spool pid_file log_file node_lines=""
     host=$(hostname -s)
     # torchrun's rendezvous in the jobs connects to the node by this name.
     getent hosts "$host" >/dev/null ||
@@ -89,8 +103,21 @@ start() {
     node=$(slurmd -C | head -n 1)
     ctld_port=$(free_port)
     slurmd_port=$(free_port)
+    if [ "$nodes" = 1 ]; then
+        spool=$dir/spool pid_file=$dir/slurmd.pid log_file=$dir/log/slurmd.log
+        node_lines="$node NodeAddr=127.0.0.1 State=UNKNOWN"
+    else
+        # One slurmd per node name (slurmd -N NAME), each with its own port; %n is the node name.
+        spool=$dir/spool/%n pid_file=$dir/slurmd-%n.pid log_file=$dir/log/slurmd-%n.log
+        for i in $(seq "$nodes"); do
+            name=$(node_name "$host" "$i") port=$slurmd_port
+            [ "$i" = 1 ] || port=$(free_port)
+            node_lines+="${node/NodeName=$host /NodeName=$name NodeHostname=$host } NodeAddr=127.0.0.1"
+            node_lines+=" Port=$port State=UNKNOWN"$'\n'
+        done
+    fi
     cat >"$dir/slurm.conf" <<EOF
-# A one-node test cluster (tests/slurm/cluster.sh).
+# A $nodes-node test cluster on one machine (tests/slurm/cluster.sh).
 ClusterName=labelnoise-test
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$ctld_port
@@ -118,26 +145,36 @@ SchedulerParameters=sched_interval=1
 MinJobAge=600
 KillWait=30
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$pid_file
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$log_file
 SlurmctldDebug=info
 SlurmdDebug=info
-$node NodeAddr=127.0.0.1 State=UNKNOWN
+$node_lines
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
     export SLURM_CONF=$dir/slurm.conf
     slurmctld -f "$SLURM_CONF"
-    slurmd -f "$SLURM_CONF"
+    if [ "$nodes" = 1 ]; then
+        slurmd -f "$SLURM_CONF"
+    else
+        for i in $(seq "$nodes"); do
+            name=$(node_name "$host" "$i")
+            mkdir -p "$dir/spool/$name"
+            slurmd -f "$SLURM_CONF" -N "$name"
+        done
+    fi
     for _ in $(seq 300); do
-        case $(sinfo -h -o %T 2>/dev/null || true) in
-            idle*) echo "SLURM_CONF=$SLURM_CONF"; return 0 ;;
-        esac
+        # One line per node: every one idle.
+        if [ "$(sinfo -h -N -o %T 2>/dev/null | grep -c '^idle')" = "$nodes" ]; then
+            echo "SLURM_CONF=$SLURM_CONF"
+            return 0
+        fi
         sleep 0.1
     done
-    echo "cluster: the node did not become idle in 30 s; see $dir/log/" >&2
+    echo "cluster: the $nodes node(s) did not become idle in 30 s; see $dir/log/" >&2
     exit 1
 }
 
@@ -153,7 +190,8 @@ stop() {
             sleep 0.1
         done
     fi
-    stop_pidfile "$dir/slurmd.pid"
+    local file
+    for file in "$dir"/slurmd.pid "$dir"/slurmd-*.pid; do stop_pidfile "$file"; done
     stop_pidfile "$dir/slurmctld.pid"
     stop_pidfile "$dir/munge/munged.pid"
 }
