@@ -16,7 +16,9 @@ written to. Commands::
 
     python auto_filter.py pretrain3 6 200 20                       # the original's call
     python auto_filter.py filtered360 6 200 20 --data data/labelnoise --link
-    python auto_filter.py pretrain3 6 200 auto                     # Otsu's split per source
+    python auto_filter.py pretrain3 6 200 auto                     # one population of margins or two, per source
+    python auto_filter.py pretrain3 6 200 otsu                     # Otsu's split per source
+    python auto_filter.py filtered360 6 200 auto --holdout 4       # 4 tracks stay out of the pool
     python auto_filter.py pretrain3 6 200 --keep-fraction 0.6      # the best 60 % of each source
     python auto_filter.py pretrain3 6 200 20 --outputs /scratch/evaluator_outputs_pretrain3_key6_speed200 \\
         --labels data/labelnoise/noise_labels.json --dry-run
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("key", type=int, help="the filter's pitch change in semitones (the original: 6)")
     parser.add_argument("speed", type=int, help="the filter's tempo in percent (the original: 200)")
     parser.add_argument("threshold", nargs="?", default="20",
-                        help="margin in dB a clean stem must exceed, or 'auto' (Otsu's split per source); default 20")
+                        help="margin in dB a clean stem must exceed, 'auto' or 'otsu' (labelnoise/thresholds.py); default 20")
     parser.add_argument("--keep-fraction", type=float, default=None, metavar="F",
                         help="keep the best F (0-1] of each source by margin; overrides THRESHOLD")
     parser.add_argument("--outputs", type=Path, default=None,
@@ -64,16 +66,20 @@ def main(argv=None) -> int:
                         help="hard-link the kept stems instead of copying them (a copy where links are refused)")
     parser.add_argument("--labels", type=Path, default=None,
                         help="noise_labels.json for precision / recall (default DATA/noise_labels.json if present)")
+    parser.add_argument("--holdout", type=int, default=0, metavar="N",
+                        help="N tracks stay out of the pool, to score the models trained on it (default 0)")
     parser.add_argument("--dry-run", action="store_true", help="decide and log the counts; write nothing to DEST")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.key < 0 or args.speed <= 0:
         parser.error(f"need KEY >= 0 (semitones up) and SPEED > 0 (percent), got {args.key} and {args.speed}")
+    if args.holdout < 0:
+        parser.error(f"--holdout {args.holdout}: must be >= 0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         sel = select(args.model, args.key, args.speed, args.threshold, keep_fraction=args.keep_fraction,
                      outputs=args.outputs, data=args.data, dest=args.dest, labels=args.labels,
-                     link=args.link, dry_run=args.dry_run, progress=not args.no_progress)
+                     link=args.link, dry_run=args.dry_run, progress=not args.no_progress, holdout=args.holdout)
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1

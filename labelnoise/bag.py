@@ -26,7 +26,7 @@ from torch import nn
 
 from .yamlio import read_mapping
 
-BAG_KEYS = {"models", "weights", "segment"}
+BAG_KEYS = {"models", "weights", "segment", "choices"}  # choices: how each source was chosen (words only)
 
 
 class BagError(ValueError):

@@ -57,6 +57,7 @@ class Settings:
     noise_rate: float = 0.3
     seed: int = 1
     samplerate: int = 16000
+    render: str = "sampled"         # synth backend: sampled instruments playing generated songs, or sines
     epochs_scale: float = 1.0
     quick: bool = False
     threshold: str = PRESET.threshold
@@ -70,7 +71,7 @@ class Settings:
 
     def data_sets(self, data: Path) -> dict[str, dict]:
         """The three synthetic sets: folder and generator arguments."""
-        common = dict(seconds=self.seconds, samplerate=self.samplerate)
+        common = dict(seconds=self.seconds, samplerate=self.samplerate, render=self.render)
         return {
             "train": dict(folder=data / "train", tracks=self.tracks, noise_rate=self.noise_rate,
                           seed=self.seed, **common),
@@ -105,6 +106,9 @@ def synth_params_match(folder: Path, spec: dict) -> tuple[bool, str]:
     for key in want:
         if float(have[key]) != float(want[key]):
             return False, f"{key} {have[key]} where the demo asks for {want[key]}"
+    render = params.get("render", "sine")  # sets made before there was a choice of backend are sine sets
+    if render != spec.get("render", "sine"):
+        return False, f"render {render} where the demo asks for {spec.get('render', 'sine')}"
     return True, ""
 
 
@@ -131,7 +135,8 @@ def make_set(spec: dict, *, kinds: dict | None = None) -> bool:
     if difference or (folder.exists() and any(folder.iterdir())):
         refuse_other_data(folder, difference)
     generate(folder, tracks=spec["tracks"], seconds=spec["seconds"], noise_rate=spec["noise_rate"],
-             seed=spec["seed"], samplerate=spec["samplerate"], kinds=kinds, progress=False)
+             seed=spec["seed"], samplerate=spec["samplerate"], kinds=kinds, progress=False,
+             render=spec.get("render", "sine"))
     return True
 
 
@@ -178,6 +183,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"share of noisy stems in the training set (default {d.noise_rate})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"data seed; the test set uses seed + 1000 "
                                                              f"(default {d.seed})")
+    p.add_argument("--render", choices=("sampled", "sine"), default=d.render,
+                   help="the generator's backend: SoundFont instruments playing generated songs (sampled, "
+                        "the default) or sines, clicks and noise (sine: fast)")
     p.add_argument("--epochs-scale", type=float, default=d.epochs_scale,
                    help="multiply every stage's epochs (default 1)")
     p.add_argument("--quick", action="store_true",
@@ -205,7 +213,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(tracks=args.tracks, seconds=args.seconds, test_tracks=args.test_tracks,
-                        noise_rate=args.noise_rate, seed=args.seed, epochs_scale=args.epochs_scale,
+                        noise_rate=args.noise_rate, seed=args.seed, render=args.render,
+                        epochs_scale=args.epochs_scale,
                         quick=args.quick, threshold=args.threshold, trunc_by=args.trunc_by,
                         configs=args.configs, overrides=tuple(args.set))
     started = time.monotonic()

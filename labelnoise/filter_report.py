@@ -10,8 +10,10 @@ Written into the pool dataset's folder by ``labelnoise.selection.select``:
   labels are given);
 - ``sweep.png`` (with labels): precision and recall against one threshold
   for every source, the chosen thresholds marked;
-- ``margins.csv``: ``track, stem, margin_db, kept, silent, noisy, kind``
-  (``margin_db`` empty when every output was at or below -80 dB).
+- ``margins.csv``: ``track, stem, margin_db, kept, silent, noisy, kind,
+  whole_margin_db, window_margin_db`` (``margin_db``: what the rule decided
+  on, the whole stem's margin or, with ``auto``, the one over its windows;
+  empty when every output was at or below -80 dB).
 
 "Clean" is the positive class: precision = kept clean / kept, recall = kept
 clean / labelled clean. Stems without a label take no part in the figures.
@@ -131,11 +133,16 @@ def write_csv(path, stems) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["track", "stem", "margin_db", "kept", "silent", "noisy", "kind"])
+            writer.writerow(["track", "stem", "margin_db", "kept", "silent", "noisy", "kind", "whole_margin_db",
+                             "window_margin_db"])
             for st in stems:
-                writer.writerow([st.track, st.stem, "" if st.margin is None else f"{st.margin:.4f}",
-                                 str(st.kept).lower(), str(st.silent).lower(),
-                                 "" if st.noisy is None else str(st.noisy).lower(), st.kind or ""])
+                writer.writerow([st.track, st.stem, _db(st.margin), str(st.kept).lower(), str(st.silent).lower(),
+                                 "" if st.noisy is None else str(st.noisy).lower(), st.kind or "",
+                                 _db(st.whole_margin), _db(st.window_margin)])
+
+
+def _db(value) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _save(fig: Figure, path) -> None:

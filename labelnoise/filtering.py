@@ -505,15 +505,17 @@ def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, 
                 volumes = dict.fromkeys(sources, level)
                 outputs = [item.wav] * len(sources)
                 counts.silent += 1
+                windows = None
             else:
                 outputs = _as_outputs(separate(item.shifted, pair.track, pair.stem), pair, sources)
                 volumes = {source: vol.volume_db(out) for source, out in zip(sources, outputs)}
+                windows = vol.window_volumes(item.shifted, dict(zip(sources, outputs)), samplerate)
             if save_audio:
                 _write_outputs(out_dir, pair, sources, outputs, samplerate)
             seconds = item.wav.shape[-1] / samplerate
             # After the WAVs: a recorded pair always has its files.
             records.append(vol.record(pair.track, pair.stem, volumes, silent=item.shifted is None,
-                                      seconds=seconds))
+                                      seconds=seconds, windows=windows))
             counts.done += 1
             counts.seconds += seconds
     return counts

@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import SOURCES
-from .atomic import write_text
 
 PARTS = ("part1", "part2", "all")
 KINDS = ("train", "filter", "select", "bag")
@@ -59,8 +58,12 @@ FINETUNES = ("vocals", "bass", "drums", "other_trunc")
 FILTERS = (("pretrain3", PART1[-1], "overlap"), ("filtered360", JOINT, "plain"))
 BAG_FILE = "final.yaml"
 BAG_STAGE = "bag"
-# The stage whose model gives each source of the final bag.
-BAG_SOURCES = {"drums": "drums", "bass": "bass", "other": "other", "vocals": "vocals"}
+# The models the final bag may take each source from: its fine-tunes, then joint360. The bag takes the one
+# that scores best on tracks Part 2 did not train on (labelnoise.final_bag); a tie goes to the first.
+BAG_CANDIDATES = {"drums": ("drums", JOINT), "bass": ("bass", JOINT), "other": ("other", "other_trunc", JOINT),
+                  "vocals": ("vocals", JOINT)}
+# Each source's own fine-tune: the original's final bag.
+BAG_SOURCES = {source: names[0] for source, names in BAG_CANDIDATES.items()}
 # --quick: items per step, and 2 steps per epoch: checks the machinery, learns nothing.
 QUICK_BATCH = 8
 # How each model came about, in words (the report's SDR table).
@@ -74,7 +77,7 @@ DESCRIPTIONS = {
     "drums": "joint360 + fine-tune (mostly drums loss)",
     "other_trunc": "joint360 + fine-tune, truncated L1 (C 0.9)",
     "other": "other_trunc + fine-tune (other loss)",
-    BAG_STAGE: "final: each source from its own fine-tune",
+    BAG_STAGE: "final: each source from its best model on the held-out tracks",
 }
 
 
@@ -112,6 +115,8 @@ class Layout:
     arms: tuple[str, ...] = ()      # control arms run after part 1
     epochs_scale: float = 1.0       # x every training stage's epochs (a fine-tune: at least one past its parent)
     quick: bool = False             # one short epoch per stage
+    holdout: int = 4                # tracks kept out of the pools, to score the bag's candidates on
+    valid: str | None = None        # clean validation tracks: the bag's candidates are scored on them instead
 
 
 PRESETS = {
@@ -231,10 +236,17 @@ def _filter(name: str, model_run: str, mode: str, layout: Layout) -> Stage:
     return Stage(f"filter_{name}", "filter", (model_run,), argv, f"{out}/volumes.jsonl", parallel=True)
 
 
+def holdout_count(layout: Layout) -> int:
+    """Tracks held out of the pools: none when clean validation tracks are given instead."""
+    return 0 if layout.valid else layout.holdout
+
+
 def _select(name: str, layout: Layout) -> Stage:
     dest = pool_dir(name, layout)
+    holdout = holdout_count(layout)
     argv = ("auto_filter.py", name, str(layout.key), str(layout.speed), *_threshold_args(layout),
-            "--outputs", filter_outputs(name, layout), "--data", layout.data, "--dest", dest, "--link")
+            "--outputs", filter_outputs(name, layout), "--data", layout.data, "--dest", dest, "--link",
+            *(["--holdout", str(holdout)] if holdout else []))
     return Stage(f"select_{name}", "select", (f"filter_{name}",), argv, f"{dest}/selection.json")
 
 
@@ -251,7 +263,9 @@ def stages_of_method(layout: Layout) -> list[Stage]:
         *[_train(name, (f"select_{second}",), pool_dir(second, layout), layout, "part2") for name in FINETUNES],
         _train("other", ("other_trunc",), pool_dir(second, layout), layout, "part2"),
         Stage(BAG_STAGE, "bag", tuple(dict.fromkeys(BAG_SOURCES.values())),
-              ("-m", "labelnoise.pipeline", "bag", "--runs", layout.runs), f"{layout.runs}/{BAG_FILE}"),
+              ("-m", "labelnoise.pipeline", "bag", "--runs", layout.runs, "--selection", pool_dir(second, layout),
+               "--data", layout.data, *(["--valid", layout.valid] if layout.valid else [])),
+              f"{layout.runs}/{BAG_FILE}"),
     ]
     return p1 + p2
 
@@ -335,24 +349,6 @@ def train_stages(chain: list[Stage]) -> list[Stage]:
     return [s for s in chain if s.kind == "train"]
 
 
-def write_bag(runs: str | Path) -> Path:
-    """``RUNS/final.yaml``: each source from the model fine-tuned for it (one-hot rows)."""
-    runs = Path(runs)
-    models, rows = [], []
-    for k, source in enumerate(SOURCES):
-        model = runs / BAG_SOURCES[source] / "model.th"
-        if not model.exists():
-            raise PipelineError(f"{model}: not found; the {BAG_SOURCES[source]} stage has not finished")
-        models.append(f"{BAG_SOURCES[source]}/model.th")
-        rows.append([1 if j == k else 0 for j in range(len(SOURCES))])
-    lines = ["# The final system: each source from its own fine-tuned model (python -m labelnoise.pipeline bag).",
-             f"models: [{', '.join(models)}]", "weights:        # rows: models; columns: " + ", ".join(SOURCES)]
-    lines += [f"  - {row}" for row in rows]
-    path = runs / BAG_FILE
-    write_text(path, "\n".join(lines) + "\n")
-    return path
-
-
 # ---------------------------------------------------------------- command line
 
 def add_chain_arguments(p: argparse.ArgumentParser) -> None:
@@ -370,6 +366,10 @@ def add_chain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
                    help="x every training stage's epochs (default 1)")
     p.add_argument("--quick", action="store_true", help="one short epoch per stage: checks the machinery")
+    p.add_argument("--holdout", type=int, default=None, metavar="N",
+                   help="tracks kept out of the pools; the bag takes each source from the model that scores "
+                        "best on them (default 4)")
+    p.add_argument("--valid", help="clean validation track folders: the bag's choice is scored on them instead")
     p.add_argument("--set", action="append", default=[], metavar="[SCOPE:]A.B=VALUE",
                    help="config override for every training stage, or for a stage, part or arm (repeatable)")
     p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
@@ -379,8 +379,12 @@ def add_chain_arguments(p: argparse.ArgumentParser) -> None:
 def layout_from(args: argparse.Namespace) -> Layout:
     """The preset with the command line's changes."""
     layout = PRESETS[args.preset]
-    changes = {k: getattr(args, k) for k in ("configs", "data", "clean", "runs", "pools", "threshold")
+    changes = {k: getattr(args, k) for k in ("configs", "data", "clean", "runs", "pools", "threshold", "valid")
                if getattr(args, k)}
+    if args.holdout is not None:
+        if args.holdout < 0:
+            raise PipelineError(f"--holdout {args.holdout}: must be >= 0")
+        changes["holdout"] = args.holdout
     if args.epochs_scale is not None:
         if not (math.isfinite(args.epochs_scale) and args.epochs_scale > 0):
             raise PipelineError(f"--epochs-scale {args.epochs_scale:g}: must be > 0")
@@ -410,6 +414,11 @@ def _print(chain: list[Stage], fmt: str, nproc: int) -> None:
             print(f"{stage.name}{after}\n    {shlex.join(stage.command('python', nproc))}")
 
 
+def runner_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def layout_json(layout: Layout) -> dict:
     return json.loads(json.dumps(asdict(layout)))
 
@@ -435,12 +444,19 @@ def main(argv=None) -> int:
                          help="tsv: a line per stage for shell scripts; runs: the run root alone")
     from . import runner
     runner.add_run_arguments(run)
-    bag = sub.add_parser("bag", help="write RUNS/final.yaml from the four fine-tuned models")
+    bag = sub.add_parser("bag", help="write RUNS/final.yaml: each source from its best model on held-out tracks")
     bag.add_argument("--runs", default="runs")
+    bag.add_argument("--selection", help="the second filter's pool (its selection.json lists the held-out tracks)")
+    bag.add_argument("--data", help="the track folders the held-out tracks are in")
+    bag.add_argument("--valid", help="clean validation track folders, instead of the held-out tracks")
+    bag.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
     try:
         if args.command == "bag":
-            print(write_bag(args.runs))
+            from .final_bag import build
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            print(build(args.runs, selection_dir=args.selection, data=args.data, valid=args.valid,
+                        device=args.device or runner_device()))
             return 0
         if args.nproc < 1:
             raise PipelineError(f"--nproc {args.nproc}: must be >= 1")

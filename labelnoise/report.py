@@ -30,7 +30,8 @@ from . import SOURCES
 from .atomic import write_text
 from .document import Doc, fmt
 from .filter_report import blind_text
-from .pipeline import ARMS, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1
+from .final_bag import HELDOUT_FILE
+from .pipeline import ARMS, BAG_CANDIDATES, BAG_FILE, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1
 from .report_plots import plot_losses, plot_margins, plot_sdr, plot_spectrogram, plot_truncation, stage_label
 from .report_stats import CLEAR, combined_shares, compare, comparison_text, noisy_shares
 from .runner import MANIFEST
@@ -111,6 +112,16 @@ class Facts:
         """The generator's settings when the training data is a synthetic set."""
         path = Path(self.manifest["data"]["train"]) / PARAMS_FILE
         return _read_json(path) if path.is_file() else None
+
+    def heldout(self) -> dict[str, dict[str, float]]:
+        """Each bag candidate's held-out SDR per source (labelnoise.final_bag), where scored."""
+        out = {}
+        for name in dict.fromkeys(n for c in BAG_CANDIDATES.values() for n in c):
+            stage = next((s for s in self.stages if s["name"] == name), None)
+            path = None if stage is None else Path(stage["done"]).parent / HELDOUT_FILE
+            if path is not None and path.is_file():
+                out[name] = {s: v["mean"] for s, v in _read_json(path).get("references", {}).items()}
+        return out
 
     def has_labels(self) -> bool:
         return (Path(self.manifest["data"]["train"]) / LABELS_FILE).is_file()
@@ -200,9 +211,12 @@ def _data_words(facts: Facts) -> str:
     data = facts.manifest["data"]
     params = facts.train_params()
     if params is not None:
-        words = (f"{len(params['tracks'])} synthetic tracks of {params['seconds']:g} s in `{data['train']}`, in which "
-                 f"{params['noise_rate']:.0%} of the stems are wrong (bleed, swapped or silent stems, stems of other "
-                 f"songs; the truth is in {LABELS_FILE})")
+        how = ("songs the generator composed, played by SoundFont instruments with effects"
+               if params.get("render") == "sampled" else "sines, clicks and noise bursts")
+        kinds = ("recordings grouped into the wrong stem, " if params.get("render") == "sampled" else "")
+        words = (f"{len(params['tracks'])} synthetic tracks of {params['seconds']:g} s ({how}) in `{data['train']}`, "
+                 f"in which {params['noise_rate']:.0%} of the stems are wrong ({kinds}bleed, swapped, partly "
+                 f"swapped or silent stems, stems of other songs; the truth is in {LABELS_FILE})")
     else:
         words = f"the tracks in `{data['train']}`"
         words += (f" (the truth of each stem in {LABELS_FILE})" if facts.has_labels() else
@@ -329,6 +343,27 @@ def _filters(doc: Doc, facts: Facts, files: Path) -> None:
     doc.image(plot_margins(facts, files / "margins.png"), "margin histograms of both filters")
 
 
+def _bag(doc: Doc, facts: Facts) -> None:
+    """How the final bag chose each source: held-out scores of every candidate, the choice, thin pools."""
+    path = facts.out / BAG_FILE
+    if not path.is_file():
+        return
+    choices = read_mapping(path, ReportError).get("choices") or {}
+    doc.h(2, "The final bag's choice")
+    held = facts.heldout()
+    doc.p("Each source comes from the candidate (its fine-tunes, or joint360) with the best SDR on tracks no "
+          "model of Part 2 trained on: the clean validation tracks (`--valid`), else the tracks held out of the "
+          "pools, scored against those of their stems the second filter kept.")
+    names = list(dict.fromkeys(n for c in BAG_CANDIDATES.values() for n in c))
+    rows = []
+    for source in SOURCES:
+        c = choices.get(source, {})
+        cells = [fmt(held.get(n, {}).get(source)) if n in BAG_CANDIDATES[source] else "" for n in names]
+        rows.append([source, f"**{c.get('model', '?')}**", *cells, c.get("why", ""), c.get("warning", "")])
+    doc.table(["source", "chosen", *(f"{n} (held-out dB)" for n in names), "why", "warning"], rows,
+              "ll" + "r" * len(names) + "ll")
+
+
 def _truncation(doc: Doc, facts: Facts, files: Path) -> None:
     doc.h(2, "Loss truncation in steps 1-3")
     parts = {n: noisy_shares(facts.metrics[n], facts.configs[n]) for n in facts.part1()
@@ -359,6 +394,7 @@ def build(facts: Facts) -> Doc:
     if facts.has_labels():
         _requirements(doc, facts)
     _sdr_table(doc, facts, files)
+    _bag(doc, facts)
     _filters(doc, facts, files)
     _truncation(doc, facts, files)
     doc.h(2, "Training curves")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import SOURCES
 from .atomic import write_json
-from .pipeline import BAG_SOURCES, PipelineError, Layout, Stage, layout_json
+from .pipeline import BAG_SOURCES, PipelineError, Layout, Stage, layout_json, runner_device
 from .scoring import BAG_EVAL_FILE, EVAL_FILE, TestSet
 
 MANIFEST = "pipeline.json"
@@ -128,7 +128,7 @@ def plan(chain: list[Stage], layout: Layout, *, test_seconds: float | None = Non
             job = Job(stage, selection=stage.run_dir)
         else:
             job = Job(stage, model=stage.done, eval=str(Path(layout.runs) / BAG_EVAL_FILE))
-        if stage.kind in ("train", "filter") and device is not None:
+        if stage.kind in ("train", "filter", "bag") and device is not None:
             job.stage = replace(stage, argv=(*stage.argv, "--device", device))
         if test_seconds is None:
             job.eval = None
@@ -383,7 +383,7 @@ def main(args: argparse.Namespace, layout: Layout, chain: list[Stage]) -> int:
             print(f"[{i}/{len(chain)}] {stage.name}: {state}")
         return 0
     device = args.device
-    score_device = device or _default_device()
+    score_device = device or runner_device()
     test_seconds = None
     if args.test is not None:
         test_seconds = sum(_audio_seconds(Path(args.test)))
@@ -399,6 +399,3 @@ def main(args: argparse.Namespace, layout: Layout, chain: list[Stage]) -> int:
     return 0
 
 
-def _default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,31 +31,54 @@ def model_files(model: Path) -> list[Path]:
     return [model]
 
 
-def identity(folder: Path) -> dict:
-    """What a test set is: its folder, its tracks, and a digest of its files' names, sizes and mtimes."""
+def identity(folder: Path, tracks: list[str] | None = None, keep: dict | None = None) -> dict:
+    """What a test set is: its folder, its tracks, a digest of their files' names, sizes and mtimes,
+    and (a held-out set) which of their stems are references."""
     from .evaluation import list_tracks
 
-    tracks = list_tracks(folder)
+    folders = [t for t in list_tracks(folder) if tracks is None or t.name in tracks]
+    missing = sorted(set(tracks or ()) - {t.name for t in folders})
+    if missing:
+        raise FileNotFoundError(f"{folder / missing[0]}: no such track folder ({len(missing)} missing)")
     digest = hashlib.sha1()
-    for track in tracks:
+    for track in folders:
         for wav in sorted(track.glob("*.wav")):
             st = wav.stat()
             digest.update(f"{track.name}/{wav.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return {"folder": str(folder.resolve()), "tracks": len(tracks), "digest": digest.hexdigest()[:16]}
+    if keep is not None:
+        digest.update(json.dumps(keep, sort_keys=True).encode())
+    return {"folder": str(folder.resolve()), "tracks": len(folders), "digest": digest.hexdigest()[:16]}
+
+
+def reference_means(report: dict, keep: dict | None) -> dict:
+    """Per source: mean SDR over the tracks whose stem is a reference (all of them without ``keep``)."""
+    out = {}
+    for source in report["sources"]:
+        values = [scores[source] for track, scores in report["scores"].items()
+                  if keep is None or source in keep.get(track, ())]
+        out[source] = {"mean": sum(values) / len(values) if values else None, "tracks": len(values)}
+    return out
 
 
 class TestSet:
-    """The test tracks, read once; each model's scores cached next to it."""
+    """The test tracks, read once; each model's scores cached next to it.
 
-    def __init__(self, folder: str | Path, device: str = "cpu"):
+    ``tracks``: only these track folders; ``keep``: per track, the stems that are references (the others
+    are not scored: a held-out track's stems the filter found noisy).
+    """
+
+    def __init__(self, folder: str | Path, device: str = "cpu", tracks: list[str] | None = None,
+                 keep: dict[str, list[str]] | None = None):
         self.folder, self.device = Path(folder), device
+        self.names, self.keep = tracks, keep
         self._tracks = None
-        self.identity = identity(self.folder)
+        self.identity = identity(self.folder, tracks, keep)
 
     def tracks(self):
         if self._tracks is None:
-            from .evaluation import load_tracks
-            self._tracks = load_tracks(self.folder)
+            from .evaluation import list_tracks, load_track
+            self._tracks = [load_track(t) for t in list_tracks(self.folder)
+                            if self.names is None or t.name in self.names]
         return self._tracks
 
     def cached(self, model: str | Path, cache: str | Path) -> dict | None:
@@ -83,6 +106,7 @@ class TestSet:
         out_dir = Path(cache).parent / SEPARATED_DIR if keep_estimates else None
         report = evaluate_model(load_model_or_bag(model_path), self.tracks(), device=self.device, out_dir=out_dir)
         report.update(model=str(model_path), test_set=self.identity, stamp=_stamp(model_files(model_path)),
-                      seconds=time.monotonic() - start, separated=None if out_dir is None else str(out_dir))
+                      seconds=time.monotonic() - start, separated=None if out_dir is None else str(out_dir),
+                      references=reference_means(report, self.keep))
         write_json(cache, report)
         return report

@@ -18,19 +18,9 @@ files changed size or mtime). With WAVs only, a stem counts as silent when its
 four outputs are equal and its own output is silent: the original filter wrote
 a silent stem's own audio as all four outputs.
 
-The threshold rule, one threshold per source, then the original's decision
-``margin > threshold`` (strict):
-
-- a number (dB): the same threshold for every source (the original: 20);
-- ``auto``: Otsu's split of that source's margins (the threshold between the
-  two groups that maximises the between-group variance, placed midway in the
-  gap). A source with fewer than ``AUTO_MIN_STEMS`` margins, or all equal, uses
-  Otsu's split of all sources' margins pooled instead (the report says so);
-  when even the pool is that small, it is an error: give a number;
-- ``keep_fraction F`` (overrides the number): the best ``round(F x n)`` stems
-  of each source by margin; the threshold lies midway between the last kept
-  and the first left out, and stems tied at that boundary are all left out,
-  so at most ``round(F x n)`` are kept.
+The threshold rule gives one threshold per source (labelnoise.thresholds:
+a number of dB, ``auto``, ``otsu`` or a keep fraction), then the original's
+decision ``margin > threshold`` (strict).
 
 Stems the filter marked silent are never kept (their four outputs are the
 stem itself, so their margin is 0 and says nothing; with a threshold >= 0 this
@@ -54,7 +44,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -62,22 +51,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from .progress import bar as progress_bar
 
 from . import SOURCES
-from . import filter_report
+from . import filter_report, thresholds
 from .atomic import atomic_path, write_json
+from .holdout import held_out
+from .thresholds import Rule
 from .provenance import SELECTION_FILE, check_outputs_origin
 from .audio import AudioError, read_audio
-from .volumes import is_clean, is_silent, margin_db, read_records, volume_db
+from .volumes import is_silent, margin_db, read_records, volume_db, window_margin
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
 VOLUMES_FILE = "volumes.jsonl"
 DEFAULT_DATA = Path("data/labelnoise")  # configs/base.yaml data.root
-AUTO_MIN_STEMS = 8
 _CACHE_SAVE_SECONDS = 60.0
 # os.link failures after which a copy is made instead: another file system,
 # a file system without hard links, a protected or saturated inode.
@@ -106,36 +95,6 @@ def cache_name(sfx: str) -> str:
     return f"volumns_{sfx}.json"
 
 
-@dataclass(frozen=True)
-class Rule:
-    """How the per-source thresholds are chosen: ``fixed`` (dB), ``auto`` (Otsu) or ``keep_fraction``."""
-    name: str
-    value: float | None = None
-
-    @classmethod
-    def parse(cls, threshold: str | float | None = "20", keep_fraction: float | None = None) -> "Rule":
-        if keep_fraction is not None:
-            if not 0 < keep_fraction <= 1:
-                raise ValueError(f"keep fraction must be in (0, 1], got {keep_fraction}")
-            return cls("keep_fraction", float(keep_fraction))
-        if str(threshold).strip().lower() == "auto":
-            return cls("auto")
-        try:
-            value = float(threshold)
-        except (TypeError, ValueError):
-            raise ValueError(f"THRESHOLD must be a number of dB or 'auto', got {threshold!r}") from None
-        if not math.isfinite(value):
-            raise ValueError(f"THRESHOLD must be finite, got {threshold!r}")
-        return cls("fixed", value)
-
-    def describe(self) -> str:
-        if self.name == "fixed":
-            return f"fixed {self.value:g} dB"
-        if self.name == "keep_fraction":
-            return f"keep the best {self.value:g} of each source by margin"
-        return "auto (Otsu's split of each source's margins)"
-
-
 @dataclass
 class Stem:
     """One (track, stem) the filter measured, and what became of it."""
@@ -143,9 +102,11 @@ class Stem:
     stem: str
     volumes: dict[str, float]
     silent: bool
-    margin: float | None  # None: every output at or below -80 dB (skipped, no decision)
+    margin: float | None  # what the rule decides on; None: every output at or below -80 dB (no decision)
     kept: bool = False
     label: dict | None = None  # the stem's entry of noise_labels.json, if any
+    whole_margin: float | None = None   # over the whole stem (the original's)
+    window_margin: float | None = None  # a low percentile over its windows (volumes.window_margin)
 
     @property
     def eligible(self) -> bool:
@@ -181,9 +142,10 @@ class Selection:
     labels: Path | None = None
     metrics: dict | None = None         # precision/recall of "clean" (filter_report.metrics)
     files: dict[str, int] = field(default_factory=dict)  # pool writes: copied, linked, existing, removed
+    held_out: dict[str, list[str]] = field(default_factory=dict)  # held-out track -> its kept stems
 
     def settings(self) -> dict:
-        return settings_of(self.suffix, self.rule, self.outputs, self.data)
+        return settings_of(self.suffix, self.rule, self.outputs, self.data, len(self.held_out))
 
     def to_json(self, complete: bool = True) -> dict:
         return {
@@ -194,13 +156,17 @@ class Selection:
             "labels": None if self.labels is None else str(self.labels),
             "metrics": self.metrics, "files": self.files,
             "clean_json": clean_json_name(self.suffix),
+            "held_out": self.held_out,
         }
 
 
-def settings_of(sfx: str, rule: Rule, outputs: Path, data: Path) -> dict:
+def settings_of(sfx: str, rule: Rule, outputs: Path, data: Path, holdout: int = 0) -> dict:
     """What must match for a re-run to reuse a destination."""
-    return {"suffix": sfx, "rule": rule.name, "value": rule.value,
-            "outputs": str(Path(outputs).resolve()), "data": str(Path(data).resolve())}
+    out = {"suffix": sfx, "rule": rule.name, "value": rule.value,
+           "outputs": str(Path(outputs).resolve()), "data": str(Path(data).resolve())}
+    if holdout:
+        out["holdout"] = holdout
+    return out
 
 
 def read_selection(dest: str | os.PathLike) -> dict:
@@ -321,86 +287,30 @@ def to_stems(records: list[dict], source_file: Path) -> list[Stem]:
         if rec["stem"] not in volumes:
             raise ValueError(f"{source_file}: the record of {rec['track']}/{rec['stem']} has no "
                              f"{rec['stem']} output (outputs: {', '.join(volumes)})")
-        stems.append(Stem(rec["track"], rec["stem"], volumes, bool(rec.get("silent", False)),
-                          margin_db(volumes, rec["stem"])))
+        whole = margin_db(volumes, rec["stem"])
+        stems.append(Stem(rec["track"], rec["stem"], volumes, bool(rec.get("silent", False)), whole,
+                          whole_margin=whole, window_margin=window_margin(rec)))
     return sorted(stems, key=lambda s: (s.stem, s.track))
 
 
 # ---------------------------------------------------------------- thresholds
 
-def _finite(values) -> np.ndarray:
-    """Margins with +-inf moved just past the finite ones (order kept, arithmetic possible)."""
-    v = np.asarray(values, dtype=np.float64)
-    fin = v[np.isfinite(v)]
-    lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
-    return np.where(v == np.inf, hi + 1.0, np.where(v == -np.inf, lo - 1.0, v))
-
-
-def otsu_threshold(values) -> float | None:
-    """Otsu's split of a set of numbers: midway in the gap that maximises the between-group variance.
-
-    Exact over the sorted values (no histogram bins); None for fewer than two distinct values.
-    """
-    v = np.sort(_finite(values))
-    n = v.size
-    if n < 2 or v[0] == v[-1]:
-        return None
-    k = np.arange(1, n)                       # the lower group is v[:k]
-    csum = np.cumsum(v)[:-1]
-    mean_low = csum / k
-    mean_high = (v.sum() - csum) / (n - k)
-    between = (k / n) * (1 - k / n) * (mean_low - mean_high) ** 2
-    between[v[k] == v[k - 1]] = -1.0          # no split inside a run of equal values
-    best = int(np.argmax(between)) + 1
-    return float((v[best - 1] + v[best]) / 2)
-
-
-def keep_fraction_threshold(values, fraction: float) -> float:
-    """A threshold keeping (with ``margin > threshold``) the best ``round(fraction x n)`` values."""
-    v = np.sort(_finite(values))
-    n = v.size
-    if n == 0:
-        return 0.0
-    keep = int(math.floor(fraction * n + 0.5))
-    if keep >= n:
-        return float(v[0] - 1.0)
-    if keep == 0:
-        return float(v[-1])
-    lowest_kept, highest_left = v[n - keep], v[n - keep - 1]
-    if lowest_kept == highest_left:  # a tie at the boundary: all of it left out
-        return float(lowest_kept)
-    return float((lowest_kept + highest_left) / 2)
-
-
 def choose_thresholds(stems: list[Stem], rule: Rule, sources=SOURCES) -> tuple[dict, dict]:
-    """Per-source thresholds and, per source, the words saying which rule chose it."""
-    margins = {s: [st.margin for st in stems if st.stem == s and st.eligible] for s in sources}
-    if rule.name == "fixed":
-        return {s: rule.value for s in sources}, {s: "fixed" for s in sources}
-    if rule.name == "keep_fraction":
-        return ({s: keep_fraction_threshold(margins[s], rule.value) for s in sources},
-                {s: f"keep fraction {rule.value:g}" for s in sources})
-    thresholds, rules, pooled = {}, {}, None
-    for s in sources:
-        value = otsu_threshold(margins[s]) if len(margins[s]) >= AUTO_MIN_STEMS else None
-        if value is not None:
-            thresholds[s], rules[s] = value, f"otsu over {len(margins[s])} {s} stems"
-            continue
-        if pooled is None:
-            everything = [m for ms in margins.values() for m in ms]
-            pooled = otsu_threshold(everything) if len(everything) >= AUTO_MIN_STEMS else None
-            if pooled is None:
-                raise ValueError(f"THRESHOLD auto: only {len(everything)} stems have a margin "
-                                 f"(Otsu needs {AUTO_MIN_STEMS} with two distinct values); give a number of dB")
-        thresholds[s] = pooled
-        rules[s] = f"otsu over all sources pooled ({s} has {len(margins[s])} stems, needs {AUTO_MIN_STEMS})"
-    return thresholds, rules
+    """Per-source thresholds over the eligible stems' margins, and the words saying how each was chosen."""
+    return thresholds.choose({s: [st.margin for st in stems if st.stem == s and st.eligible] for s in sources}, rule)
+
+
+def decide_on_windows(stems: list[Stem]) -> None:
+    """The ``auto`` rule decides on each stem's margin over its windows, where the filter recorded them."""
+    for st in stems:
+        if st.window_margin is not None and st.whole_margin is not None:
+            st.margin = st.window_margin
 
 
 def decide(stems: list[Stem], thresholds: dict[str, float]) -> None:
-    """The original's rule (``volumes.is_clean``: margin strictly above), silent stems never kept."""
+    """The original's rule (margin strictly above the threshold), silent stems never kept."""
     for st in stems:
-        st.kept = (not st.silent) and bool(is_clean(st.volumes, st.stem, thresholds[st.stem]))
+        st.kept = st.eligible and st.margin > thresholds[st.stem]
 
 
 # ---------------------------------------------------------------- paths and labels
@@ -527,8 +437,12 @@ def write_pool(data: Path, dest: Path, kept: dict[str, list[str]], *, link: bool
 def select(model: str, key: int, speed: int, threshold: str | float | None = "20", *,
            keep_fraction: float | None = None, outputs=None, data=None, dest=None,
            labels=None, link: bool = False, dry_run: bool = False, report: bool = True,
-           progress: bool = True, sources=SOURCES) -> Selection:
-    """Read the filter's volumes, choose thresholds, decide, and write DEST (nothing with ``dry_run``)."""
+           progress: bool = True, sources=SOURCES, holdout: int = 0) -> Selection:
+    """Read the filter's volumes, choose thresholds, decide, and write DEST (nothing with ``dry_run``).
+
+    ``holdout``: that many tracks (labelnoise.holdout) stay out of the pool; the stems of theirs that
+    are kept are listed in selection.json under ``held_out``.
+    """
     sfx = suffix(model, key, speed)
     rule = Rule.parse(threshold, keep_fraction)
     data = Path(data) if data is not None else DEFAULT_DATA
@@ -541,7 +455,7 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
     check_paths(data, outputs, dest, sources)
     present = dataset_stems(data, sources)
     check_outputs_origin(outputs, data, key, speed)
-    settings = settings_of(sfx, rule, outputs, data)
+    settings = settings_of(sfx, rule, outputs, data, holdout)
     if not dry_run:
         check_dest(dest, settings)
     label_map = load_labels(labels) if labels is not None else {}
@@ -556,8 +470,10 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
         raise ValueError(f"{outputs}: no stem has been measured yet")
     for st in stems:
         st.label = label_map.get(st.track, {}).get(st.stem)
-    thresholds, threshold_rules = choose_thresholds(stems, rule, sources)
-    decide(stems, thresholds)
+    if rule.name == "auto":
+        decide_on_windows(stems)
+    chosen, threshold_rules = choose_thresholds(stems, rule, sources)
+    decide(stems, chosen)
 
     measured = {(st.track, st.stem) for st in stems}
     absent = sorted(measured - present)
@@ -565,21 +481,25 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
         track, stem = absent[0]
         raise ValueError(f"{data / track / (stem + '.wav')}: measured by the filter but not in the dataset "
                          f"({len(absent)} such stems); is --data the folder the filter ran on?")
-    kept = {s: sorted(st.track for st in stems if st.stem == s and st.kept) for s in sources}
+    aside = set(held_out(sorted({t for t, _ in present}), holdout))
+    kept = {s: sorted(st.track for st in stems if st.stem == s and st.kept and st.track not in aside)
+            for s in sources}
     counts = {}
     for s in sources:
         mine = [st for st in stems if st.stem == s]
         counts[s] = {"total": len(mine), "silent": sum(st.silent for st in mine),
                      "skipped": sum(st.margin is None and not st.silent for st in mine),
                      "eligible": sum(st.eligible for st in mine), "kept": len(kept[s]),
+                     "held_out": sum(st.kept and st.track in aside for st in mine),
                      "missing": sum(1 for t, x in present if x == s and (t, x) not in measured)}
-    sel = Selection(sfx, rule, outputs, data, dest, volumes_from, stems, thresholds, threshold_rules,
+    sel = Selection(sfx, rule, outputs, data, dest, volumes_from, stems, chosen, threshold_rules,
                     counts, kept, skipped_outputs, labels,
-                    filter_report.metrics(stems, sources, thresholds) if label_map else None)
+                    filter_report.metrics(stems, sources, chosen) if label_map else None,
+                    held_out={t: [st.stem for st in stems if st.track == t and st.kept] for t in sorted(aside)})
     for s in sources:
         c = counts[s]
         log.info("%-7s kept %4d of %4d (threshold %.2f dB, %s; %d silent, %d all outputs quiet, %d not measured)",
-                 s, c["kept"], c["total"], thresholds[s], threshold_rules[s], c["silent"], c["skipped"], c["missing"])
+                 s, c["kept"], c["total"], chosen[s], threshold_rules[s], c["silent"], c["skipped"], c["missing"])
         if c["kept"] == 0:
             log.warning("%s: no stem kept; a pool without %s cannot be trained on", s, s)
     if dry_run:

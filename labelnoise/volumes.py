@@ -17,6 +17,12 @@ A stem is silent, and not run through the model, when
      "volumes": {"drums": 12.3, "bass": 8.1, "other": 15.0, "vocals": 41.7}}
 
 A volume of an all-zero output is ``-Infinity`` (Python's json reads it back).
+Records also hold the same volumes per window of ``WINDOW_SECONDS`` of the
+shifted audio, and the input's own volume per window: a stem that holds
+another source for part of the track shows it there, where a volume over
+the whole stem averages it away::
+
+    "windows": {"seconds": 1.0, "input": [30.1, ...], "volumes": {"drums": [11.0, ...], ...}}
 """
 from __future__ import annotations
 
@@ -31,6 +37,11 @@ import numpy as np
 from .errors import naming
 
 SILENT_DB = -80.0
+WINDOW_SECONDS = 1.0   # of the shifted audio: 2 s of the stem at the filter's 200 % speed
+# A stem's margin over its windows: this low percentile of them (a stem that holds another source for 30 %
+# of the track shows it), over the windows where the stem plays (within ACTIVE_DB of its loudest).
+WINDOW_QUANTILE = 20.0
+ACTIVE_DB = 30.0
 # The filter's settings file in its output folder (what it ran on, with which key and speed).
 SETTINGS_FILE = "filter.json"
 
@@ -64,15 +75,53 @@ def margin_db(volumes: dict[str, float], stem: str) -> float | None:
     return own - others
 
 
+def window_margin(rec: dict, quantile: float = WINDOW_QUANTILE, active_db: float = ACTIVE_DB) -> float | None:
+    """The ``quantile`` (percent) of a record's margins per window, over the windows where its input
+    plays (within ``active_db`` of its loudest window); None without windows or a margin in them."""
+    windows = rec.get("windows")
+    if not windows:
+        return None
+    inputs = np.asarray(windows["input"], dtype=np.float64)
+    loudest = inputs.max() if inputs.size else -math.inf
+    margins = []
+    for i, level in enumerate(inputs):
+        if level > loudest - active_db:
+            m = margin_db({s: v[i] for s, v in windows["volumes"].items()}, rec["stem"])
+            if m is not None:
+                margins.append(m)
+    finite = [m for m in margins if math.isfinite(m)]
+    if not finite:
+        return None if not margins else float(min(margins))
+    # An infinite window margin (an all-zero output) sorts where it belongs: at an end.
+    values = np.clip(np.asarray(margins, dtype=np.float64), min(finite) - 1.0, max(finite) + 1.0)
+    return float(np.percentile(values, quantile))
+
+
 def is_clean(volumes: dict[str, float], stem: str, threshold: float) -> bool | None:
     """The original's rule: margin strictly above ``threshold``; None (skipped) when all outputs are silent."""
     margin = margin_db(volumes, stem)
     return None if margin is None else margin > threshold
 
 
-def record(track: str, stem: str, volumes: dict[str, float], *, silent: bool, seconds: float) -> dict:
-    return {"track": track, "stem": stem, "silent": bool(silent), "seconds": float(seconds),
-            "volumes": {k: float(v) for k, v in volumes.items()}}
+def window_volumes(wav: np.ndarray, outputs: dict[str, np.ndarray], samplerate: int,
+                   seconds: float = None) -> dict:
+    """``volume_db`` of the input and of each output over consecutive windows (the last one shorter)."""
+    seconds = WINDOW_SECONDS if seconds is None else seconds
+    size = max(1, int(round(seconds * samplerate)))
+    length = wav.shape[-1]
+    starts = range(0, max(length, 1), size)
+    return {"seconds": seconds,
+            "input": [volume_db(wav[..., a:a + size]) for a in starts],
+            "volumes": {name: [volume_db(out[..., a:a + size]) for a in starts] for name, out in outputs.items()}}
+
+
+def record(track: str, stem: str, volumes: dict[str, float], *, silent: bool, seconds: float,
+           windows: dict | None = None) -> dict:
+    rec = {"track": track, "stem": stem, "silent": bool(silent), "seconds": float(seconds),
+           "volumes": {k: float(v) for k, v in volumes.items()}}
+    if windows is not None:
+        rec["windows"] = windows
+    return rec
 
 
 def append_record(handle, rec: dict) -> None:

@@ -13,7 +13,9 @@ import soundfile as sf
 
 import auto_filter
 from labelnoise import SOURCES, selection, synth, volumes
-from labelnoise.selection import (Rule, keep_fraction_threshold, otsu_threshold, read_selection, select)
+from labelnoise.holdout import held_out
+from labelnoise.selection import read_selection, select
+from labelnoise.thresholds import Rule, keep_fraction as keep_fraction_threshold, otsu as otsu_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 8000
@@ -78,7 +80,8 @@ def test_decision_rule_at_known_levels(levels, tmp_path):
     by_track = {st.track: st for st in sel.stems if st.stem == "drums"}
     assert by_track["edge"].margin == 20.0 and not by_track["edge"].kept
     assert by_track["quiet"].margin is None and not by_track["quiet"].kept
-    assert sel.counts["drums"] == {"total": 5, "silent": 1, "skipped": 1, "eligible": 3, "kept": 1, "missing": 0}
+    assert sel.counts["drums"] == {"total": 5, "silent": 1, "skipped": 1, "eligible": 3, "kept": 1, "held_out": 0,
+                                   "missing": 0}
     # The same decisions as the shared rule, one stem at a time.
     for st in sel.stems:
         assert st.kept == (not st.silent and bool(volumes.is_clean(st.volumes, st.stem, 20.0)))
@@ -192,6 +195,27 @@ def test_pool_layout_json_and_links(labelled, tmp_path):
     assert _snapshot(data) == before  # the source dataset is untouched (no new files, same bytes and mtimes)
 
 
+def test_held_out_tracks_stay_out_of_the_pool(labelled, tmp_path):
+    data, outputs, tracks, labels = labelled
+    everything = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "all", progress=False,
+                        report=False)
+    sel = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "held", progress=False,
+                 report=False, holdout=3)
+    aside = held_out(tracks, 3)
+    assert len(aside) == 3 and aside == held_out(reversed(tracks), 3)  # the names decide, not their order
+    assert sel.held_out == {t: sorted(s for s in SOURCES if t in everything.kept[s]) for t in aside}
+    for s in SOURCES:
+        assert sel.kept[s] == [t for t in everything.kept[s] if t not in aside]
+        assert sel.counts[s]["held_out"] == sum(t in everything.kept[s] for t in aside)
+        assert not any((tmp_path / "held" / "train" / s / f"{t}.wav").exists() for t in aside)
+    saved = read_selection(tmp_path / "held")
+    assert saved["held_out"] == sel.held_out and saved["settings"]["holdout"] == 3
+    with pytest.raises(ValueError, match="other settings"):  # the same DEST with another holdout
+        select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "held", progress=False, holdout=2)
+    with pytest.raises(ValueError, match="8 of 8 tracks would leave none"):
+        held_out(tracks, 8)
+
+
 def test_link_falls_back_to_copy_across_file_systems(labelled, tmp_path, monkeypatch):
     data, outputs, _, _ = labelled
 
@@ -267,13 +291,14 @@ def test_thresholds_on_bimodal_margins(tmp_path):
     entries = [e for e in entries if e[1] != "vocals" or e[0] in ("t00", "t01", "t19")]
     outputs = tmp_path / "outs"
     _write_volumes(outputs, entries)
-    auto = select("m", 6, 200, "auto", data=data, outputs=outputs, dest=tmp_path / "auto", progress=False,
+    auto = select("m", 6, 200, "otsu", data=data, outputs=outputs, dest=tmp_path / "auto", progress=False,
                   report=False)
     for k, s in enumerate(SOURCES[:3]):
         assert low.max() + k < auto.thresholds[s] < high.min() + k
         assert auto.kept[s] == [tracks[i] for i in range(14, 20)]
         assert auto.threshold_rules[s].startswith("otsu over 20")
     assert "pooled" in auto.threshold_rules["vocals"] and auto.counts["vocals"]["missing"] == 17
+    assert auto.threshold_rules["vocals"].startswith("otsu over 63 stems of all sources pooled")
     frac = select("m", 6, 200, keep_fraction=0.25, data=data, outputs=outputs, dest=tmp_path / "frac", progress=False,
                   report=False)
     assert [len(frac.kept[s]) for s in SOURCES] == [5, 5, 5, 1]  # round(0.25 x 3) = 1
@@ -323,8 +348,9 @@ def test_report_and_metrics_against_hand_counts(labelled, tmp_path):
     assert "Without the 8 noisy stems that no filter judging one stem at a time can see" in report
     assert "below 0.667 at any threshold" in report
     rows = (dest / "margins.csv").read_text().splitlines()
-    assert rows[0] == "track,stem,margin_db,kept,silent,noisy,kind" and len(rows) == 1 + 32
-    assert "t1,drums,30.0000,true,false,true,bleed" in rows
+    assert rows[0] == "track,stem,margin_db,kept,silent,noisy,kind,whole_margin_db,window_margin_db"
+    assert len(rows) == 1 + 32
+    assert "t1,drums,30.0000,true,false,true,bleed,30.0000," in rows
 
 
 def test_cli_with_the_original_arguments(tmp_path):

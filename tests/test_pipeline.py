@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from labelnoise import SOURCES, pipeline, runner
+from labelnoise import SOURCES, final_bag, pipeline, runner
+from labelnoise.yamlio import read_mapping
 from labelnoise.bag import load_bag
 from labelnoise.config import load_config
 from labelnoise.inference import apply
@@ -89,13 +90,31 @@ def test_tsv_listing_round_trips(capsys):
         assert tuple(shlex.split(argv)) == stage.argv
 
 
-def test_bag_takes_each_source_from_its_own_model(tmp_path):
+def test_the_bag_takes_each_source_from_its_best_candidate(tmp_path):
+    # Hand-built held-out scores: joint360 beats the bass and vocals fine-tunes, other_trunc beats other.
+    scores = {"joint360": {"drums": 3.0, "bass": 4.0, "other": 1.0, "vocals": 5.0},
+              "drums": {"drums": 3.5}, "bass": {"bass": 3.9}, "other_trunc": {"other": 1.8},
+              "other": {"other": 1.2}, "vocals": {"vocals": None}}
+    choices = final_bag.pick(scores)
+    assert {s: c["model"] for s, c in choices.items()} == \
+        {"drums": "drums", "bass": "joint360", "other": "other_trunc", "vocals": "joint360"}
+    assert choices["other"]["why"] == "best on the held-out tracks: 1.80 dB (against other 1.20, joint360 1.00)"
+    assert final_bag.pick({"drums": {"drums": 2.0}, "joint360": {"drums": 2.0}})["drums"]["model"] == "drums"
+    assert final_bag.pick({})["vocals"] == {"model": "vocals",
+                                           "why": "no held-out reference for this source: its fine-tune"}
+    thin = final_bag.thin_pools({"counts": {"vocals": {"kept": 9, "total": 24}, "bass": {"kept": 20, "total": 24}}})
+    assert thin == {"vocals": "its fine-tune trained on a thin pool: 9 of 24 vocals stems kept"}
+
     with pytest.raises(pipeline.PipelineError, match="drums.*not found"):
-        pipeline.write_bag(tmp_path)
-    for name in SOURCES:
+        final_bag.write(tmp_path, choices, thin)
+    for name in ("drums", "joint360", "other_trunc"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.th").write_bytes(b"")
-    path = pipeline.write_bag(tmp_path)
+    path = final_bag.write(tmp_path, choices, {"bass": "thin"})
+    spec = read_mapping(path)
+    assert spec["models"] == ["drums/model.th", "joint360/model.th", "other_trunc/model.th"]
+    assert spec["weights"] == [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0]]
+    assert spec["choices"]["bass"] == {"model": "joint360", "why": choices["bass"]["why"], "warning": "thin"}
     loaded = []
 
     def loader(p):
@@ -103,10 +122,10 @@ def test_bag_takes_each_source_from_its_own_model(tmp_path):
         return _Constant(len(loaded))
 
     bag = load_bag(path, loader=loader)
-    assert loaded == list(SOURCES)
+    assert loaded == ["drums", "joint360", "other_trunc"]
     out = apply(bag, torch.zeros(1, 2, 16000))
-    # Source k comes from model k alone (model k outputs the value k + 1).
-    assert out[0, :, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    # drums from model 1, bass and vocals from model 2 (joint360), other from model 3.
+    assert out[0, :, 0, 0].tolist() == [1.0, 2.0, 3.0, 2.0]
 
 
 class _Constant(torch.nn.Module):

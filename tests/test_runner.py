@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labelnoise import pipeline, runner
+from labelnoise import final_bag, pipeline, runner
+from labelnoise.yamlio import read_mapping
 from labelnoise.synth import PARAMS_FILE, generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def _run_args(root: Path, runs: Path, *extra):
     return ["run", "all", "--preset", "demo", "--quick", "--data", str(root / "mine"),
             "--clean", str(root / "mine_clean"), "--test", str(root / "held_out"), "--runs", str(runs),
             "--pools", str(root / "pools"), "--arms", "baseline,clean", "--threshold", "keep=0.5",
-            "--device", "cpu", "--threads", "1", "--report", *extra]
+            "--holdout", "2", "--device", "cpu", "--threads", "1", "--report", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,27 @@ def test_runner_scores_every_model_and_reports_both_arms(full_run):
     assert "synthetic" not in json.loads((runs / runner.MANIFEST).read_text())
 
 
+def test_the_bag_chose_each_source_on_the_held_out_tracks(full_run):
+    root, runs, _ = full_run
+    second = pipeline.pool_dir(pipeline.FILTERS[1][0], pipeline.layout_from(_namespace(root, runs)))
+    held = json.loads((Path(second) / "selection.json").read_text())["held_out"]
+    assert len(held) == 2 and not any((Path(second) / "train" / s / f"{t}.wav").exists()
+                                      for t, stems in held.items() for s in stems)
+    bag = read_mapping(runs / pipeline.BAG_FILE)
+    md = (runs / "report.md").read_text()
+    rows = _table(md, "## The final bag's choice")
+    for source, names in pipeline.BAG_CANDIDATES.items():
+        choice = bag["choices"][source]
+        assert choice["model"] in names
+        if any(source in stems for stems in held.values()):  # scored: the best of the candidates
+            scores = {n: json.loads((runs / n / final_bag.HELDOUT_FILE).read_text())["references"][source]["mean"]
+                      for n in names}
+            assert scores[choice["model"]] == max(scores.values())
+            assert choice["why"].startswith(f"best on the held-out tracks: {max(scores.values()):.2f} dB")
+        assert rows[source][0] == f"**{choice['model']}**" and rows[source][-2] == choice["why"]
+    assert f"{choice['model']}/model.th" in bag["models"]
+
+
 def test_a_rerun_skips_everything_and_the_report_reads_the_folder(full_run):
     root, runs, _ = full_run
     again = _pipeline(*_run_args(root, runs))
@@ -124,4 +146,4 @@ def _namespace(root: Path, runs: Path):
     pipeline.add_chain_arguments(parser)
     return parser.parse_args(["--preset", "demo", "--quick", "--data", str(root / "mine"), "--clean",
                               str(root / "mine_clean"), "--runs", str(runs), "--pools", str(root / "pools"),
-                              "--arms", "baseline,clean", "--threshold", "keep=0.5"])
+                              "--arms", "baseline,clean", "--threshold", "keep=0.5", "--holdout", "2"])

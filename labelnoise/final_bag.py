@@ -1,0 +1,122 @@
+"""The final bag: each source from the model that separates it best on tracks no model of Part 2 trained on.
+
+For each source the candidates are its fine-tunes and joint360
+(``pipeline.BAG_CANDIDATES``). Each is scored (challenge SDR per source) on
+the clean validation tracks when the user gave some (``--valid``), else on
+the tracks held out of the pools (labelnoise.holdout), against those of
+their stems the second filter kept: a stem the filter found noisy is no
+reference. The bag takes each source from the best-scoring candidate (a tie
+goes to the first, the fine-tune); a source with no reference at all takes
+its fine-tune, as the original did. ``final.yaml`` records every choice, its
+scores and why, and flags a fine-tune whose pool is thin: fewer than
+``THIN_SHARE`` of the dataset's stems of its source.
+
+    python -m labelnoise.pipeline bag --runs runs --selection POOL --data data/labelnoise
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import SOURCES
+from .atomic import write_text
+from .pipeline import BAG_CANDIDATES, BAG_FILE, PipelineError
+
+log = logging.getLogger(__name__)
+
+HELDOUT_FILE = "heldout_sdr.json"   # in each candidate's run dir
+THIN_SHARE = 0.5
+
+
+def pick(scores: dict[str, dict[str, float | None]], candidates=BAG_CANDIDATES) -> dict[str, dict]:
+    """Per source: the candidate with the best score (``scores[model][source]``, None: not scored) and why."""
+    out = {}
+    for source, names in candidates.items():
+        scored = [(scores.get(n, {}).get(source), n) for n in names]
+        scored = [(v, n) for v, n in scored if v is not None]
+        if not scored:
+            out[source] = {"model": names[0], "why": "no held-out reference for this source: its fine-tune"}
+            continue
+        best = max(v for v, _ in scored)
+        model = next(n for v, n in scored if v == best)  # the first of the best: the fine-tune on a tie
+        others = ", ".join(f"{n} {v:.2f}" for v, n in scored if n != model)
+        out[source] = {"model": model, "why": f"best on the held-out tracks: {best:.2f} dB"
+                                              + (f" (against {others})" if others else "")}
+    return out
+
+
+def thin_pools(selection: dict | None, candidates=BAG_CANDIDATES) -> dict[str, str]:
+    """Sources whose pool (the second selection's kept stems) is thin, with the words saying so."""
+    if selection is None:
+        return {}
+    out = {}
+    for source in candidates:
+        counts = selection["counts"].get(source)
+        if counts and counts["kept"] < THIN_SHARE * counts["total"]:
+            out[source] = (f"its fine-tune trained on a thin pool: {counts['kept']} of {counts['total']} "
+                           f"{source} stems kept")
+    return out
+
+
+def write(runs: str | Path, choices: dict[str, dict], thin: dict[str, str] | None = None) -> Path:
+    """``RUNS/final.yaml`` with one row per chosen model (its sources' columns 1) and the choices."""
+    runs = Path(runs)
+    chosen = list(dict.fromkeys(choices[s]["model"] for s in SOURCES))
+    for name in chosen:
+        if not (runs / name / "model.th").exists():
+            raise PipelineError(f"{runs / name / 'model.th'}: not found; the {name} stage has not finished")
+    rows = [[1 if choices[s]["model"] == name else 0 for s in SOURCES] for name in chosen]
+    lines = ["# The final system: each source from the model that scored best on it on tracks Part 2 did not",
+             "# train on (python -m labelnoise.pipeline bag; labelnoise/final_bag.py).",
+             f"models: [{', '.join(f'{name}/model.th' for name in chosen)}]",
+             "weights:        # rows: models; columns: " + ", ".join(SOURCES)]
+    lines += [f"  - {row}" for row in rows]
+    lines.append("choices:")
+    for s in SOURCES:
+        c = choices[s]
+        lines.append(f"  {s}: {{model: {c['model']}, why: {_quoted(c['why'])}"
+                     + (f", warning: {_quoted(thin[s])}" if thin and s in thin else "") + "}")
+    path = runs / BAG_FILE
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def reference_set(selection: dict | None, data, valid, device: str):
+    """The tracks the candidates are scored on: --valid, else the held-out tracks' kept stems; None: neither."""
+    from .scoring import TestSet
+
+    if valid is not None:
+        return TestSet(valid, device)
+    held = {t: stems for t, stems in ((selection or {}).get("held_out") or {}).items() if stems}
+    if not held:
+        return None
+    return TestSet(data, device, tracks=sorted(held), keep=held)
+
+
+def build(runs: str | Path, *, selection_dir=None, data=None, valid=None, device: str = "cpu",
+          candidates=BAG_CANDIDATES) -> Path:
+    """Score the candidates (cached in their run dirs), choose, write ``RUNS/final.yaml``."""
+    from .selection import read_selection
+
+    runs = Path(runs)
+    selection = read_selection(selection_dir) if selection_dir is not None else None
+    refs = reference_set(selection, data, valid, device)
+    scores: dict[str, dict] = {}
+    if refs is not None:
+        for name in dict.fromkeys(n for names in candidates.values() for n in names):
+            model = runs / name / "model.th"
+            if not model.exists():
+                raise PipelineError(f"{model}: not found; the {name} stage has not finished")
+            report = refs.evaluate(model, runs / name / HELDOUT_FILE)
+            scores[name] = {s: v["mean"] for s, v in report["references"].items()}
+    choices = pick(scores, candidates)
+    thin = thin_pools(selection, candidates)
+    for s, words in thin.items():
+        log.warning("%s: %s", s, words)
+    for s in SOURCES:
+        log.info("%s: %s (%s)", s, choices[s]["model"], choices[s]["why"])
+    return write(runs, choices, thin)
