@@ -53,8 +53,9 @@ class Spy:
                 return out
             monkeypatch.setattr(model.spec, name, wrapped)
 
-    def watch(self, network: torch.nn.Module) -> None:
-        network.encoder[0].conv.register_forward_hook(lambda m, i, out: self.conv.append(out.dtype))
+    def watch(self, network: torch.nn.Module):
+        """Record the first conv's output dtype; returns the hook's handle."""
+        return network.encoder[0].conv.register_forward_hook(lambda m, i, out: self.conv.append(out.dtype))
 
     def wrap_loss(self, trainer: Trainer) -> None:
         compute = trainer.criterion._loss
@@ -119,7 +120,7 @@ def test_filter_in_bf16_on_cpu_is_close_to_float32(tmp_path, monkeypatch):
     volumes = {}
     for precision in ("float32", "bf16"):
         spy = Spy(monkeypatch)
-        spy.watch(network)
+        hook = spy.watch(network)
         out = tmp_path / precision
         summary = run_filter(data, out, network, key=6, speed=200, shifts=0, precision=precision,
                              device="cpu", progress=False, prefetch=0)
@@ -132,7 +133,7 @@ def test_filter_in_bf16_on_cpu_is_close_to_float32(tmp_path, monkeypatch):
         else:
             assert set(spy.conv) == {torch.float32}
         monkeypatch.undo()
-        network.encoder[0].conv._forward_hooks.clear()
+        hook.remove()
     assert volumes["bf16"].keys() == volumes["float32"].keys()
     for key, fp32 in volumes["float32"].items():
         for source, level in fp32.items():
