@@ -50,7 +50,7 @@ from labelnoise import SOURCES  # noqa: E402
 from labelnoise import volumes as vol  # noqa: E402
 from labelnoise.audio import read_audio  # noqa: E402
 from labelnoise.evaluation import list_tracks  # noqa: E402
-from labelnoise.filtering import run_filter  # noqa: E402
+from labelnoise.filtering import run_filter, shift_stem  # noqa: E402
 from labelnoise.synth import generate  # noqa: E402
 from model.htdemucs import HTDemucs  # noqa: E402
 
@@ -70,8 +70,14 @@ def rubberband_command() -> list[str] | None:
     return None
 
 
-def original_filter(data: Path, out: Path, model, rubberband: list[str], limit: int | None = None) -> float:
-    """The original's method over every stem; returns the seconds of stem audio."""
+def original_filter(data: Path, out: Path, model, rubberband: list[str] | None, limit: int | None = None,
+                    device=None) -> float:
+    """The original's method over every stem; returns the seconds of stem audio.
+
+    ``rubberband``: the command line (a temp WAV per stem, as the original), or None for the
+    same R2 engine in process through pedalboard (where no CLI is installed). ``device``:
+    where ``apply_model`` computes (the model must be there; the track stays on the CPU).
+    """
     seconds, count = 0.0, 0
     with tempfile.TemporaryDirectory() as tmp:
         shifted_path = Path(tmp) / "shifted.wav"
@@ -86,12 +92,16 @@ def original_filter(data: Path, out: Path, model, rubberband: list[str], limit: 
                 if vol.is_silent(wav):
                     outputs = [wav] * len(SOURCES)
                 else:
-                    subprocess.run([*rubberband, "-p", str(KEY), "-T", str(SPEED / 100), str(path),
-                                    str(shifted_path)], check=True, capture_output=True)
-                    shifted = torch.from_numpy(read_audio(shifted_path))
+                    if rubberband is None:
+                        shifted = torch.from_numpy(shift_stem(wav, 44100, KEY, SPEED))
+                    else:
+                        subprocess.run([*rubberband, "-p", str(KEY), "-T", str(SPEED / 100), str(path),
+                                        str(shifted_path)], check=True, capture_output=True)
+                        shifted = torch.from_numpy(read_audio(shifted_path))
                     with torch.no_grad():
-                        est = apply_model(model, shifted[None], shifts=1, overlap=0.25, progress=False)[0]
-                    outputs = est.numpy()
+                        est = apply_model(model, shifted[None], shifts=1, overlap=0.25, progress=False,
+                                          device=device)[0]
+                    outputs = est.cpu().numpy()
                 for source, output in zip(SOURCES, outputs):
                     sf.write(str(target / f"{source}.wav"), np.clip(output, -1, 1).T, 44100, subtype="PCM_16")
                 seconds += wav.shape[-1] / 44100
@@ -99,9 +109,10 @@ def original_filter(data: Path, out: Path, model, rubberband: list[str], limit: 
     return seconds
 
 
-def ours_filter(data: Path, out: Path, model, prefetch: int) -> float:
+def ours_filter(data: Path, out: Path, model, prefetch: int, **options) -> float:
+    """``run_filter`` with the bench's settings; ``options`` go to it (``precision``, ``device``...)."""
     return run_filter(data, out, model, key=KEY, speed=SPEED, shifts=1, progress=False,
-                      prefetch=prefetch).seconds
+                      prefetch=prefetch, **options).seconds
 
 
 def timed(fn):

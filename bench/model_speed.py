@@ -48,12 +48,14 @@ CONFIGS = {
 }
 
 
-def build(which: str, config: str, state=None) -> torch.nn.Module:
+def build(which: str, config: str | dict, state=None) -> torch.nn.Module:
+    """``ours`` or ``reference`` with a config of CONFIGS (by name) or the keywords themselves."""
+    kwargs = CONFIGS[config] if isinstance(config, str) else config
     if which == "ours":
-        model = HTDemucs(SOURCES, **CONFIGS[config])
+        model = HTDemucs(SOURCES, **kwargs)
     else:
         from demucs.htdemucs import HTDemucs as Reference
-        model = Reference(SOURCES, **CONFIGS[config])
+        model = Reference(SOURCES, **kwargs)
     if state is not None:
         model.load_state_dict(state)
     return model.train()
@@ -74,9 +76,11 @@ def make_step(model, mix, target, device, precision):
     return step
 
 
-# Dense peak TFLOP/s by device-name fragment and precision (vendor data sheets, SXM parts).
-PEAK_TFLOPS = {"H200": {"bf16": 989.0, "fp32": 67.0}, "H100": {"bf16": 989.0, "fp32": 67.0},
-               "A100": {"bf16": 312.0, "fp32": 19.5}}
+# Dense peak TFLOP/s by device-name fragment and precision (vendor data sheets, SXM parts);
+# tf32: float32 matmuls on the tensor cores (torch.backends.cuda.matmul.allow_tf32).
+PEAK_TFLOPS = {"H200": {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0},
+               "H100": {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0},
+               "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}}
 
 
 def step_flops(step) -> int:
@@ -131,7 +135,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="bf16 = autocast to bfloat16 (STFT stays float32)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--compile", action="store_true",
+                        help="ours: compile_network() (what train.compile does); the reference: torch.compile")
     parser.add_argument("--seconds", type=float, default=11.0, help="item length (default 11)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--flops", action="store_true", help="count FLOPs, print achieved rate and MFU")
@@ -148,11 +153,15 @@ def main() -> None:
     torch.manual_seed(0)
     ours = build("ours", args.config).to(device)
     reference = build("reference", args.config, ours.state_dict()).to(device)
-    models = {"ours": ours, "reference": reference}
-    if args.compile:
-        models = {k: torch.compile(m) for k, m in models.items()}
     mix = torch.randn(1, 2, int(args.seconds * 44100), device=device)
     target = torch.randn(1, len(SOURCES), 2, mix.shape[-1], device=device)
+    # Counted on the eager model: the count is the same compiled or not.
+    flops = step_flops(make_step(ours, mix, target, device, args.precision)) if args.flops else None
+    models = {"ours": ours, "reference": reference}
+    if args.compile:
+        # Ours as train.compile does it (the network between the STFT and the iSTFT); demucs' whole.
+        ours.compile_network()
+        models["reference"] = torch.compile(reference)
     steps = {k: make_step(m, mix, target, device, args.precision) for k, m in models.items()}
 
     for _ in range(args.warmup):
@@ -194,9 +203,7 @@ def main() -> None:
           f"{med_cpu['ours'] / med_cpu['reference']:.3f}x CPU; "
           f"memory {peaks['ours'] / peaks['reference']:.3f}x")
     print(f"  items/s: ours {1 / med['ours']:.3f}, reference {1 / med['reference']:.3f}")
-    if args.flops:
-        # Counted on the eager model: the count is the same compiled or not.
-        flops = step_flops(make_step(ours, mix, target, device, args.precision))
+    if flops is not None:
         achieved = flops / med["ours"] / 1e12
         peak = peak_tflops(device, args.precision)
         mfu = f", MFU {100 * achieved / peak:.1f} % of {peak:g} TFLOP/s" if peak else \

@@ -60,17 +60,20 @@ def timed(fn, device):
     return time.perf_counter() - start, time.process_time() - cpu, out
 
 
-def bench(name, config, args):
-    device = torch.device(args.device)
+@torch.no_grad()
+def measure(config: dict, *, device, seconds: float, precision: str = "float32", batch_size=None,
+            repeats: int = 2) -> dict:
+    """Wall and CPU seconds of each variant per repeat, and each variant's largest difference to demucs'."""
+    device = torch.device(device)
     torch.manual_seed(0)
     reference = DemucsHTDemucs(list(SOURCES), **config).to(device).eval()
     ours_net = HTDemucs(list(SOURCES), **config)
     ours_net.load_state_dict(reference.state_dict())
     ours_net.to(device).eval()
-    length = int(args.seconds * config["samplerate"])
+    length = int(seconds * config["samplerate"])
     mix = 0.1 * torch.randn(1, 2, length, generator=torch.Generator().manual_seed(1))
     mix = mix.to(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else torch.autocast(device.type, enabled=False))
 
     def run_demucs():
@@ -79,34 +82,40 @@ def bench(name, config, args):
 
     variants = {
         "demucs": run_demucs,
-        "ours/demucs-net": lambda: apply(reference, mix, device=device, batch_size=args.batch_size,
-                                         precision=args.precision),
-        "ours": lambda: apply(ours_net, mix, device=device, batch_size=args.batch_size,
-                              precision=args.precision),
+        "ours/demucs-net": lambda: apply(reference, mix, device=device, batch_size=batch_size,
+                                         precision=precision),
+        "ours": lambda: apply(ours_net, mix, device=device, batch_size=batch_size, precision=precision),
     }
     times = {k: [] for k in variants}
     cpu_times = {k: [] for k in variants}
     outputs = {}
     warm = mix[..., :int(config["segment"] * config["samplerate"])]
     apply_model(reference, warm, shifts=0, device=device)
-    apply(ours_net, warm, device=device, batch_size=args.batch_size, precision=args.precision)
-    for _ in range(args.repeats):
+    apply(ours_net, warm, device=device, batch_size=batch_size, precision=precision)
+    for _ in range(repeats):
         for k, fn in variants.items():
-            seconds, cpu_seconds, outputs[k] = timed(fn, device)
-            times[k].append(seconds)
+            wall, cpu_seconds, outputs[k] = timed(fn, device)
+            times[k].append(wall)
             cpu_times[k].append(cpu_seconds)
-    params = sum(p.numel() for p in reference.parameters())
-    print(f"\n{name}: {params:,} parameters, {args.seconds:g} s of audio, segment {config['segment']} s, "
+    diffs = {k: (outputs[k] - outputs["demucs"]).abs().max().item() for k in variants}
+    return {"times": times, "cpu_times": cpu_times, "diffs": diffs,
+            "params": sum(p.numel() for p in reference.parameters())}
+
+
+def bench(name, config, args):
+    got = measure(config, device=args.device, seconds=args.seconds, precision=args.precision,
+                  batch_size=args.batch_size, repeats=args.repeats)
+    times, cpu_times = got["times"], got["cpu_times"]
+    print(f"\n{name}: {got['params']:,} parameters, {args.seconds:g} s of audio, segment {config['segment']} s, "
           f"batch_size {args.batch_size or 'default'}, {args.precision}")
     print(f"  {'variant':<16} {'best RTF':>9} {'median RTF':>11} {'CPU s/audio s':>14} "
           f"{'max |diff| vs demucs':>21}")
-    for k in variants:
-        diff = (outputs[k] - outputs["demucs"]).abs().max().item()
+    for k in times:
         print(f"  {k:<16} {min(times[k]) / args.seconds:9.3f} "
               f"{statistics.median(times[k]) / args.seconds:11.3f} "
-              f"{min(cpu_times[k]) / args.seconds:14.3f} {diff:21.2e}")
-    for name, table in (("best wall", times), ("best CPU", cpu_times)):
-        print(f"  ours / demucs ({name} times): {min(table['ours']) / min(table['demucs']):.3f}")
+              f"{min(cpu_times[k]) / args.seconds:14.3f} {got['diffs'][k]:21.2e}")
+    for label, table in (("best wall", times), ("best CPU", cpu_times)):
+        print(f"  ours / demucs ({label} times): {min(table['ours']) / min(table['demucs']):.3f}")
 
 
 def main(argv=None):
@@ -124,9 +133,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, device {args.device}")
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name()}")
-    with torch.no_grad():
-        for name in args.configs:
-            bench(name, CONFIGS[name], args)
+    for name in args.configs:
+        bench(name, CONFIGS[name], args)
 
 
 if __name__ == "__main__":

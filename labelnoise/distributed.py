@@ -3,14 +3,22 @@
 torchrun sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (and the rendezvous
 address); plain ``python`` sets none of them and gives one process without a
 process group, so the same script runs both ways. NCCL on CUDA, gloo on CPU.
+Under torchrun a process group is made even for one process, so
+``torchrun --nproc_per_node=1`` runs DDP and the collectives of a real job
+(on one GPU: NCCL).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+# Set by torchrun (torch.distributed.run) in every process it starts.
+LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,7 @@ class DistInfo:
     local_rank: int
     world_size: int
     device: torch.device
+    grouped: bool = False  # a process group exists (always under torchrun)
 
     @property
     def is_main(self) -> bool:
@@ -26,7 +35,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether training goes through DDP and the collectives."""
+        return self.world_size > 1 or self.grouped
 
 
 def _env_int(name: str, default: int) -> int:
@@ -54,11 +64,13 @@ def setup(device: str | None = None) -> DistInfo:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    if (world_size > 1 or LAUNCHER_ENV in os.environ) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
                                 rank=rank, world_size=world_size,
                                 device_id=dev if use_cuda else None)
-    return DistInfo(rank, local_rank, world_size, dev)
+        if rank == 0:
+            log.info("process group: %s, %d process(es)", dist.get_backend(), world_size)
+    return DistInfo(rank, local_rank, world_size, dev, grouped=dist.is_available() and dist.is_initialized())
 
 
 def cleanup() -> None:

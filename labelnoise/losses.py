@@ -103,6 +103,12 @@ class ReconstructionLoss:
         return pool.quantile(self.trunc_ratio, dim=0)
 
     def __call__(self, estimate: torch.Tensor, sources: torch.Tensor) -> LossOutput:
+        # Float32 whatever the caller's autocast (the inputs are cast up in entry_losses): bf16
+        # keeps 3 significant digits, too few for the per-entry losses the quantile ranks.
+        with torch.autocast(device_type=estimate.device.type, enabled=False):
+            return self._loss(estimate, sources)
+
+    def _loss(self, estimate: torch.Tensor, sources: torch.Tensor) -> LossOutput:
         losses = entry_losses(estimate, sources, self.kind)
         if self.truncate:
             scores = self._scores(losses, sources)

@@ -147,19 +147,21 @@ def _ignore_preemption(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
     np_state = np.random.get_state()
+    # Only the training device's CUDA stream: asking for every GPU's would start a
+    # CUDA context on each GPU of the node in every process (and touch CUDA on a CPU run).
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "python": random.getstate(),
             "augment": generator.get_state()}
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0], device)
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
@@ -205,7 +207,9 @@ class Trainer:
         run, optim, train = cfg["run"], cfg["optim"], cfg["train"]
         if train["precision"] not in ("bf16", "float32"):
             raise TrainingError(f"train.precision must be bf16 or float32, got {train['precision']!r}")
-        self.amp = train["precision"] == "bf16" and self.device.type == "cuda"
+        # One code path on every device: autocast to bf16 on CUDA, on a CPU only with
+        # train.bf16_on_cpu (what the tests run; most CPUs are slower in bf16).
+        self.amp = train["precision"] == "bf16" and (self.device.type == "cuda" or train["bf16_on_cpu"])
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = train["tf32"]
             torch.backends.cudnn.allow_tf32 = train["tf32"]
@@ -225,12 +229,13 @@ class Trainer:
         random.seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
 
+        if train["compile"]:
+            self._compile_network()
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         else:
             self.ddp = self.model
-        self.forward = torch.compile(self.ddp) if train["compile"] else self.ddp
         # optim.ema > 0: an exponential moving average of the weights, written as model_ema.th.
         self.ema_decay = optim["ema"]
         self.ema = ({k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
@@ -267,10 +272,20 @@ class Trainer:
         self._signal = None
         self._last_save = time.monotonic()
 
+    def _compile_network(self) -> None:
+        # The network between the STFT and the iSTFT only: Inductor generates no complex
+        # kernels, and a whole-model compile did not finish on a CPU. In place, so the
+        # parameter names (checkpoints, DDP, the EMA) stay the same.
+        compile_network = getattr(self.model, "compile_network", None)
+        if compile_network is None:
+            raise TrainingError(f"train.compile: model.arch {self.cfg['model'].get('arch')!r} has no "
+                                f"compile_network(); set train.compile=false")
+        compile_network()
+
     # ------------------------------------------------------------ state
     def _state(self) -> dict:
         # Per rank: its random streams and its running-truncation window.
-        ranks = distributed.gather_objects({"rng": _rng_state(self.generator),
+        ranks = distributed.gather_objects({"rng": _rng_state(self.generator, self.device),
                                             "loss_history": self.criterion._history})
         return {"format": STATE_FORMAT, "config": self.cfg,
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -350,7 +365,7 @@ class Trainer:
                 self._reset_ema()
             if state["world_size"] == self.dist.world_size:
                 mine = state["ranks"][self.dist.rank]
-                _set_rng_state(mine["rng"], self.generator)
+                _set_rng_state(mine["rng"], self.generator, self.device)
                 self.criterion._history = mine["loss_history"]
             else:
                 log.warning("%s: saved by %d process(es), resumed by %d: random streams start afresh",
@@ -619,8 +634,8 @@ class Trainer:
             sync = micro == self.accumulate - 1
             ctx = self.ddp.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
             with ctx:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                    estimate = self.forward(mix)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    estimate = self.ddp(mix)
                 out = self.criterion(estimate.float(), sources)
                 (out.loss / self.accumulate).backward()
             # A NaN in the estimate can hide behind truncation (NaN scores are all dropped): check both.

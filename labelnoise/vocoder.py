@@ -111,8 +111,8 @@ def repitch(wav: torch.Tensor, semitones, tempo, *, length: int | None = None,
     C = wav.shape[-2] if stereo else 1
     items = wav.reshape(-1, C, T).float()  # (N, C, T): one phase computation per item
     device = items.device
-    semis = torch.as_tensor(semitones, dtype=torch.float32).to(device).broadcast_to(lead).reshape(-1, C)
-    tempo = torch.as_tensor(tempo, dtype=torch.float32).to(device).broadcast_to(lead).reshape(-1, C)
+    semis = torch.as_tensor(semitones, dtype=torch.float32, device=device).broadcast_to(lead).reshape(-1, C)
+    tempo = torch.as_tensor(tempo, dtype=torch.float32, device=device).broadcast_to(lead).reshape(-1, C)
     if semis.numel() and not bool((tempo > 0).all()):
         raise ValueError(f"repitch: tempo factors must be > 0, got {tempo.tolist()}")
     if C > 1 and not bool(((semis == semis[:, :1]) & (tempo == tempo[:, :1])).all()):

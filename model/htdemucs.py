@@ -178,6 +178,7 @@ class HTDemucs(nn.Module):
                            window=t_sparse_attn_window, global_window=t_global_window,
                            sparsity=t_sparsity)
         self.freq_emb = None
+        self._compiled_branches = None  # see compile_network()
 
         self.encoder = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -260,6 +261,16 @@ class HTDemucs(nn.Module):
                 cape_mean_normalize=t_cape_mean_normalize, cape_augment=t_cape_augment,
                 cape_glob_loc_scale=t_cape_glob_loc_scale)
 
+    def compile_network(self, **options) -> None:
+        """``torch.compile`` (with ``options``) everything between the STFT and the iSTFT, in place.
+
+        Both U-Nets and the Transformer become one compiled graph; the STFT,
+        the iSTFT and the complex views around them stay eager (Inductor does
+        not generate complex kernels). Parameter names do not change, so
+        checkpoints and DDP see the same module.
+        """
+        self._compiled_branches = torch.compile(HTDemucs._branches, **options)
+
     def valid_length(self, length: int) -> int:
         """The length the model wants in eval mode: the training length.
 
@@ -286,27 +297,12 @@ class HTDemucs(nn.Module):
             xt = self.channel_downsampler_t(xt)
         return x, xt
 
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        """``mix (B, audio_channels, T)`` -> ``(B, len(sources), audio_channels, T)``."""
+    def _branches(self, x: torch.Tensor, mix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spectrogram as channels ``x (B, 2C, F, T)`` and ``mix (B, C, L)`` -> per source
+        ``(B, S, 2C, F, T)`` and ``(B, S, C, L)``: both U-Nets and the Transformer, no complex
+        numbers (what :meth:`compile_network` compiles)."""
+        B, _, Fq, T = x.shape
         length = mix.shape[-1]
-        crop = None
-        if self.use_train_segment:
-            if self.training:
-                # Remember the training length: eval pads to it (see valid_length).
-                self.segment = Fraction(length, self.samplerate)
-            else:
-                training_length = int(self.segment * self.samplerate)
-                if length < training_length:
-                    crop = length
-                    mix = F.pad(mix, (0, training_length - length))
-                    length = training_length
-                # Longer inputs run at their own length (demucs 4.1.0 fails on them).
-
-        z = spectrogram(mix, self.nfft)
-        B, C, Fq, T = z.shape
-        # Complex as channels: (B, C, F, T) complex -> (B, 2C, F, T), [re, im] per channel.
-        x = torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, 2 * C, Fq, T)
-
         # Both branches see their input normalised per item.
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         std = x.std(dim=(1, 2, 3), keepdim=True)
@@ -353,10 +349,37 @@ class HTDemucs(nn.Module):
 
         S = len(self.sources)
         x = x.view(B, S, -1, Fq, T) * std[:, None] + mean[:, None]
+        xt = xt.view(B, S, -1, length) * stdt[:, None] + meant[:, None]
+        return x, xt
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        """``mix (B, audio_channels, T)`` -> ``(B, len(sources), audio_channels, T)``."""
+        length = mix.shape[-1]
+        crop = None
+        if self.use_train_segment:
+            if self.training:
+                # Remember the training length: eval pads to it (see valid_length).
+                self.segment = Fraction(length, self.samplerate)
+            else:
+                training_length = int(self.segment * self.samplerate)
+                if length < training_length:
+                    crop = length
+                    mix = F.pad(mix, (0, training_length - length))
+                    length = training_length
+                # Longer inputs run at their own length (demucs 4.1.0 fails on them).
+
+        z = spectrogram(mix, self.nfft)
+        B, C, Fq, T = z.shape
+        # Complex as channels: (B, C, F, T) complex -> (B, 2C, F, T), [re, im] per channel.
+        x = torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(B, 2 * C, Fq, T)
+
+        # The real-valued network between the STFT and the iSTFT; compiled by compile_network().
+        branches = self._compiled_branches or HTDemucs._branches
+        x, xt = branches(self, x, mix)
+        S = len(self.sources)
         zout = torch.view_as_complex(
             x.float().view(B, S, -1, 2, Fq, T).permute(0, 1, 2, 4, 5, 3).contiguous())
         x = inverse_spectrogram(zout, length)
-        xt = xt.view(B, S, -1, length) * stdt[:, None] + meant[:, None]
         out = xt + x
         if crop is not None:
             out = out[..., :crop]
