@@ -19,6 +19,7 @@ written to. Commands::
     python auto_filter.py pretrain3 6 200 auto                     # one population of margins or two, per source
     python auto_filter.py pretrain3 6 200 otsu                     # Otsu's split per source
     python auto_filter.py filtered360 6 200 auto --holdout 4       # 4 tracks stay out of the pool
+    python auto_filter.py filtered360 6 200 auto --holdout auto    # 15 % of them, 2 to 8
     python auto_filter.py pretrain3 6 200 --keep-fraction 0.6      # the best 60 % of each source
     python auto_filter.py pretrain3 6 200 20 --outputs /scratch/evaluator_outputs_pretrain3_key6_speed200 \\
         --labels data/labelnoise/noise_labels.json --dry-run
@@ -66,15 +67,16 @@ def main(argv=None) -> int:
                         help="hard-link the kept stems instead of copying them (a copy where links are refused)")
     parser.add_argument("--labels", type=Path, default=None,
                         help="noise_labels.json for precision / recall (default DATA/noise_labels.json if present)")
-    parser.add_argument("--holdout", type=int, default=0, metavar="N",
-                        help="N tracks stay out of the pool, to score the models trained on it (default 0)")
+    parser.add_argument("--holdout", default="0", metavar="N|auto",
+                        help="N tracks stay out of the pool, to score the models trained on it; auto: 15 %% of "
+                             "the tracks, 2 to 8 (default 0)")
     parser.add_argument("--dry-run", action="store_true", help="decide and log the counts; write nothing to DEST")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.key < 0 or args.speed <= 0:
         parser.error(f"need KEY >= 0 (semitones up) and SPEED > 0 (percent), got {args.key} and {args.speed}")
-    if args.holdout < 0:
-        parser.error(f"--holdout {args.holdout}: must be >= 0")
+    if args.holdout.strip().lower() != "auto" and not (args.holdout.isdigit()):
+        parser.error(f"--holdout {args.holdout}: must be a whole number >= 0 or auto")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         sel = select(args.model, args.key, args.speed, args.threshold, keep_fraction=args.keep_fraction,

@@ -1,16 +1,22 @@
-"""Does loss truncation (and filtering) beat plain training under label noise? Test SDR per arm, same budget.
+"""Does the method (truncation, filtering, the final bag) beat plain training under label noise? Same budget.
 
-    .venv/bin/python bench/noise_robustness.py                      # the default: 25 min on 2 idle CPU cores
+    .venv/bin/python bench/noise_robustness.py                      # realistic renders, 3 seeds: the method vs plain L1
+    .venv/bin/python bench/noise_robustness.py --render sine        # the sine generator, every arm below
     .venv/bin/python bench/noise_robustness.py --seeds 1 --arms plain,trunc_rel --epochs-scale 0.5
     .venv/bin/python bench/noise_robustness.py --epochs-scale 4 --tracks 64 --seconds 30 --device cuda
     .venv/bin/python bench/noise_robustness.py --arch htdemucs --device cuda --epochs-scale 8
     .venv/bin/python bench/noise_robustness.py --report-only        # the table and plot again, from the files
 
-On synthetic data (``labelnoise.synth``) it trains one small model per arm
-with the demo's stage configs (configs/demo/: MaskNet at 16 kHz; ``--arch
-htdemucs`` uses configs/tiny/, a small HTDemucs; ``--configs`` any folder
-with step1..3 and joint360) and scores each on one clean test set:
+On generated data (``labelnoise.synth``: ``--render sampled``, SoundFont
+instruments playing composed songs, the default; ``--render sine``, sines
+and noise) it trains one small model per arm with the demo's stage configs
+(configs/demo/: MaskNet at 16 kHz; ``--arch htdemucs`` uses configs/tiny/, a
+small HTDemucs; ``--configs`` any folder with every stage) and scores each on
+one clean test set:
 
+    method        (m) the whole method as the demo runs it: steps 1-3 (truncation ranked by relative error),
+                      both filters, joint360, the fine-tunes and the final bag (each source from its best
+                      candidate on tracks held out of the pools); every stage's epochs x --epochs-scale
     clean         (a) the clean twin of the noisy tracks, plain L1
     plain         (b) the noisy tracks, plain L1
     trunc         (c) noisy, truncated L1, C 0.7 -> 0.5 -> 0.3 (steps 1-3), absolute ranking (the original)
@@ -24,6 +30,12 @@ with step1..3 and joint360) and scores each on one clean test set:
                       draws each source from its own pool, so stems of one item come from different
                       songs: this alone changes the data (a stem of the same source from another song
                       is no longer wrong), and (d) - (d0) is what the filter itself adds.
+
+Defaults per backend: ``sampled`` runs (m), (a) and (b) on 24 tracks with
+16 test tracks at the demo's budget (``--epochs-scale 1``) with SDX23-style
+noise (30 % of the stems: recordings grouped into the wrong stem, bleed,
+swaps, partial swaps, other songs); ``sine`` runs every arm but (m) on 16
+tracks at 0.35 of the budget, at 30 % and 50 % noise, as before.
 
 Budget: every arm's model sees the same items: steps 1-3 of configs/demo
 with their epochs x ``--epochs-scale``, ``--steps-per-epoch`` optimizer steps
@@ -90,6 +102,7 @@ class Arm:
     filtered: bool = False          # (d): filter with (c)'s model, then joint360 on the kept stems
     pool_all: bool = False          # (d)'s control: joint360 on every stem, no filter
     truncates: bool = True
+    method: bool = False            # (m): the whole method through the final bag, as the demo runs it
 
 
 def _trunc(by: str, ratios=(None, None, None), loss: str = "l1_trunc") -> tuple[tuple[str, ...], ...]:
@@ -103,6 +116,8 @@ PLAIN = (("optim.loss=l1",),) * 3
 
 def arms(variants_by: str) -> dict[str, Arm]:
     return {
+        "method": Arm("m", "the whole method: steps 1-3 (relative), both filters, joint360, fine-tunes, final bag",
+                      "noisy", _trunc("relative"), method=True),
         "clean": Arm("a", "clean twin, plain L1", "clean", PLAIN, truncates=False),
         "plain": Arm("b", "noisy, plain L1", "noisy", PLAIN, truncates=False),
         "trunc": Arm("c", "noisy, truncated L1 C 0.7/0.5/0.3, absolute", "noisy", _trunc("absolute")),
@@ -166,6 +181,7 @@ class Settings:
     threshold: str = "auto"
     variants_by: str = "absolute"
     overrides: tuple[str, ...] = ()
+    render: str = "sampled"
 
 
 @dataclass
@@ -184,10 +200,11 @@ class Plan:
 
 # ---------------------------------------------------------------- data
 
-def make_set(folder: Path, *, tracks: int, seconds: float, samplerate: int, seed: int, noise: Noise | None) -> bool:
+def make_set(folder: Path, *, tracks: int, seconds: float, samplerate: int, seed: int, noise: Noise | None,
+             render: str) -> bool:
     """Generate one synthetic set unless it is there already; a folder holding other data is an error."""
     spec = dict(folder=folder, seed=seed, seconds=seconds, samplerate=samplerate, tracks=tracks,
-                noise_rate=0.0 if noise is None else noise.rate)
+                noise_rate=0.0 if noise is None else noise.rate, render=render)
     return make_set_of(spec, kinds=parse_kinds(noise.kinds or None) if noise is not None else None)
 
 
@@ -197,9 +214,8 @@ def _part1_budget(settings: Settings, layout: pipeline.Layout) -> list[tuple[str
     """(step, epochs, items per epoch) of steps 1-3: the configs' epochs x scale, fixed steps per epoch."""
     out = []
     for stage in pipeline.stages("part1", layout):
-        optim = load_config(stage.argv[1], list(stage.argv[2:]))["optim"]
-        out.append((stage.name, max(1, round(optim["epochs"] * settings.epochs_scale)),
-                    settings.steps_per_epoch * optim["batch_size"] * optim["accumulate"]))
+        epochs = load_config(stage.argv[1], list(stage.argv[2:]))["optim"]["epochs"]
+        out.append((stage.name, max(1, round(epochs * settings.epochs_scale)), _items_per_epoch(settings, stage)))
     return out
 
 
@@ -210,8 +226,9 @@ def layout_of(arm: Arm, settings: Settings, seed: int, runs: Path, data: Path, p
     ``--steps-per-epoch``; joint360 (arms d, d0) from scratch as many as steps 1-3 together, in epochs of
     their mean size, in whole batches of its own.
     """
+    # No held-out tracks: arm (d) trains joint360 on every kept stem, as it did before the bag chose.
     base = replace(pipeline.PRESETS["demo"], configs=settings.configs, data=str(data), runs=str(runs),
-                   pools=str(pools), threshold=settings.threshold,
+                   pools=str(pools), threshold=settings.threshold, holdout="0",
                    overrides=(*settings.overrides, f"run.seed={seed}"))
     part1 = _part1_budget(settings, base)
     budget = [o for step, epochs, items in part1
@@ -229,9 +246,27 @@ def layout_of(arm: Arm, settings: Settings, seed: int, runs: Path, data: Path, p
     return replace(base, overrides=(*base.overrides, *budget, *steps))
 
 
+def method_layout(settings: Settings, seed: int, runs: Path, data: Path, pools: Path) -> pipeline.Layout:
+    """The demo's preset and schedule, every stage's epochs x ``--epochs-scale`` (a fine-tune at least one
+    past its parent), ``--steps-per-epoch`` steps per epoch: steps 1-3 see what the other arms' do."""
+    preset = pipeline.PRESETS["demo"]
+    base = replace(preset, configs=settings.configs, data=str(data), runs=str(runs), pools=str(pools),
+                   threshold=settings.threshold, epochs_scale=settings.epochs_scale)
+    per_step = {s.name: _items_per_epoch(settings, s) for s in pipeline.train_stages(pipeline.stages("all", base))}
+    items = [f"{name}:data.items_per_epoch={n}" for name, n in per_step.items()]
+    return replace(base, overrides=(*preset.overrides, *settings.overrides, f"run.seed={seed}", *items))
+
+
+def _items_per_epoch(settings: Settings, stage: pipeline.Stage) -> int:
+    optim = load_config(stage.argv[1], list(stage.argv[2:]))["optim"]
+    return settings.steps_per_epoch * optim["batch_size"] * optim["accumulate"]
+
+
 def arm_chain(arm: Arm, layout: pipeline.Layout) -> list[pipeline.Stage]:
-    """Steps 1-3; (d): through the first filter, its selection and joint360; (d0): joint360 alone."""
+    """Steps 1-3; (d): through the first filter, its selection and joint360; (d0): joint360 alone; (m): all."""
     chain = pipeline.stages("all", layout)
+    if arm.method:
+        return chain
     if arm.pool_all:
         return pipeline.select_from(chain, pipeline.JOINT, pipeline.JOINT)
     return pipeline.select_from(chain, None, pipeline.JOINT if arm.filtered else pipeline.PART1[-1])
@@ -282,13 +317,16 @@ def run_arm(name: str, arm: Arm, settings: Settings, plan: Plan, noise: Noise | 
     # (d) continues in (c)'s run folder: its steps 1-3 are (c)'s own runs.
     runs = plan.arm_dir(noise, "trunc") if arm.filtered else where
     data = plan.train_set(None if arm.data == "clean" else noise)
-    layout = layout_of(arm, settings, plan.seed, runs, data, data.parent)
+    layout = (method_layout(settings, plan.seed, runs, data, where / "pools") if arm.method
+              else layout_of(arm, settings, plan.seed, runs, data, data.parent))
     chain = arm_chain(arm, layout)
     if arm.pool_all:
         write_all_stems_pool(data)
     jobs = runner.plan(chain, layout, test_seconds=settings.test_tracks * settings.seconds, device=device)
-    for job in jobs[:-1]:
-        job.eval = None  # the arm is judged by its last model
+    scored = {job.name for job in jobs[-1:]} | ({pipeline.PART1[-1], pipeline.JOINT} if arm.method else set())
+    for job in jobs:
+        if job.name not in scored:
+            job.eval = None  # the arm is judged by its last model (the method's also shows step3 and joint360)
     wall, cpu = time.monotonic(), _cpu_seconds()
     where.mkdir(parents=True, exist_ok=True)
     with open(where / "progress.log", "a") as lines:
@@ -302,7 +340,8 @@ def run_arm(name: str, arm: Arm, settings: Settings, plan: Plan, noise: Noise | 
                 "mean": report["summary"]["mean"]},
         "per_track": {t: v["mean"] for t, v in report["scores"].items()},
         "shares": truncation_shares(runs) if arm.truncates else None,
-        "filter": _filter_figures(chain) if arm.filtered else None,
+        "filter": _filter_figures(chain) if arm.filtered or arm.method else None,
+        "method": method_figures(jobs, runs) if arm.method else None,
         "wall_seconds": round(time.monotonic() - wall, 1), "cpu_seconds": round(_cpu_seconds() - cpu, 1),
         "commands": [["python", *s.argv] for s in chain],
     }
@@ -311,12 +350,40 @@ def run_arm(name: str, arm: Arm, settings: Settings, plan: Plan, noise: Noise | 
 
 
 def _filter_figures(stages: list[pipeline.Stage]) -> dict:
-    select = next(s for s in stages if s.kind == "select")
-    sel = read_selection(Path(select.done).parent)
-    overall = (sel.get("metrics") or {}).get("overall") or {}
-    return {"precision": overall.get("precision"), "recall": overall.get("recall"),
-            "kept": {s: c["kept"] for s, c in sel["counts"].items()},
-            "total": {s: c["total"] for s, c in sel["counts"].items()}, "thresholds": sel["thresholds"]}
+    """The first filter's precision and recall (overall, and without the stems no per-stem filter can see);
+    with two filters, the second's under ``second``."""
+    out = {}
+    for k, select in enumerate(s for s in stages if s.kind == "select"):
+        sel = read_selection(Path(select.done).parent)
+        metrics = sel.get("metrics") or {}
+        overall, judgeable = metrics.get("overall") or {}, metrics.get("judgeable") or {}
+        figures = {"precision": overall.get("precision"), "recall": overall.get("recall"),
+                   "judgeable_precision": judgeable.get("precision"), "judgeable_recall": judgeable.get("recall"),
+                   "kept": {s: c["kept"] + c.get("held_out", 0) for s, c in sel["counts"].items()},
+                   "total": {s: c["total"] for s, c in sel["counts"].items()}, "thresholds": sel["thresholds"],
+                   "rules": sel["threshold_rules"], "per_kind": metrics.get("per_kind")}
+        if k == 0:
+            out = figures
+        else:
+            out["second"] = figures
+    return out
+
+
+def method_figures(jobs: list, runs: Path) -> dict:
+    """Step3's and joint360's test SDR next to the bag's, per source with paired standard errors, and the
+    bag's choices."""
+    scores = {j.name: json.loads(Path(j.eval).read_text()) for j in jobs if j.eval and Path(j.eval).is_file()}
+    bag, joint = scores[pipeline.BAG_STAGE], scores[pipeline.JOINT]
+    per_source = {}
+    for s in SOURCES:
+        d = np.array([bag["scores"][t][s] - joint["scores"][t][s] for t in bag["scores"]])
+        per_source[s] = {"bag": bag["summary"]["per_source"][s]["mean"],
+                         "joint360": joint["summary"]["per_source"][s]["mean"],
+                         "diff": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None}
+    choices = read_mapping(runs / pipeline.BAG_FILE).get("choices", {})
+    return {"sdr": {name: r["summary"]["mean"] for name, r in scores.items()}, "bag_vs_joint360": per_source,
+            "choices": {s: c.get("model") for s, c in choices.items()},
+            "warnings": {s: c["warning"] for s, c in choices.items() if c.get("warning")}}
 
 
 # ---------------------------------------------------------------- summary
@@ -367,7 +434,10 @@ def summarize(results: list[dict], noises: list[Noise], names: list[str]) -> dic
                 gain = np.mean([got[k]["sdr"]["mean"] - plain[k]["sdr"]["mean"] for k in seeds])
                 row["gap_closed"] = float(gain / gap)
                 row["gap_seeds"] = seeds
-        out[noise.slug] = {"label": noise.label, "rate": noise.rate, "kinds": noise.kinds, "arms": rows}
+        method = by.get((noise.slug, "method"), {})
+        seeds_m = [{**method[k], "plain_sdr": plain[k]["sdr"]["mean"] if k in plain else None} for k in sorted(method)]
+        out[noise.slug] = {"label": noise.label, "rate": noise.rate, "kinds": noise.kinds, "arms": rows,
+                           "method_seeds": seeds_m}
     return out
 
 
@@ -412,6 +482,7 @@ def markdown(summary: dict, all_arms: dict[str, Arm], settings: Settings, header
             lines.append(f"| ({arm.key}) {name} | {arm.what} | " + " | ".join(cells)
                          + f" | **{_pm(row['sdr']['mean']['mean'], row['sdr']['mean']['std'])}** | {vs} | {gap} "
                          f"| {shares} | {len(row['seeds'])} | {row['cpu_seconds']:.0f} |")
+        lines += method_lines(block, slug)
         filt = block["arms"].get("filtered", {}).get("filter")
         if filt:
             lines += ["", f"Filter of arm (d) (model of (c), threshold `{settings.threshold}`): precision "
@@ -427,6 +498,39 @@ def markdown(summary: dict, all_arms: dict[str, Arm], settings: Settings, header
         "and seed (mean). Arm (d) also spent (c)'s training and a filter pass (its CPU s counts only the "
         "filter, selection and joint360).", ""]
     return "\n".join(lines)
+
+
+def _pr(f: dict | None, prefix: str = "") -> str:
+    if not f:
+        return "–"
+    return f"{_pm(f.get(prefix + 'precision'), None)} / {_pm(f.get(prefix + 'recall'), None)}"
+
+
+def method_lines(block: dict, slug: str) -> list[str]:
+    """Arm (m), seed by seed: the bag against plain L1, both filters, the bag's choices, bag vs joint360."""
+    per_seed = block.get("method_seeds") or []
+    if not per_seed:
+        return []
+    lines = ["", "Arm (m), per seed: the final bag against plain L1; each filter's precision / recall of the kept "
+                 "stems being clean, overall and without the stems no per-stem filter can see; the bag's "
+                 "choices; each source of the bag minus joint360's on the test set (± its standard error over "
+                 "test tracks; **bold** where it is lower by more than that).", "",
+             "| seed | bag | plain | bag - plain | filter 1 (all; judgeable) | filter 2 (all; judgeable) | "
+             "choices | bag - joint360 per source |", "|---|---|---|---|---|---|---|---|"]
+    for r in per_seed:
+        m, f = r["method"], r["filter"]
+        second = f.get("second")
+        vs = []
+        for s in SOURCES:
+            d = m["bag_vs_joint360"][s]
+            text = f"{s} {_pm(d['diff'], d['se'])}"
+            vs.append(f"**{text}**" if d["se"] is not None and d["diff"] < -d["se"] else text)
+        plain = r.get("plain_sdr")
+        lines.append(f"| {r['seed']} | {r['sdr']['mean']:.2f} | {_pm(plain, None)} | "
+                     f"{_pm(None if plain is None else r['sdr']['mean'] - plain, None)} | "
+                     f"{_pr(f)}; {_pr(f, 'judgeable_')} | {_pr(second)}; {_pr(second, 'judgeable_')} | "
+                     + ", ".join(f"{s}: {c}" for s, c in m["choices"].items()) + " | " + "; ".join(vs) + " |")
+    return lines
 
 
 def plot(summary: dict, names: list[str], all_arms: dict[str, Arm], path: Path, results: list[dict]) -> Path:
@@ -494,33 +598,54 @@ def write_outputs(out: Path, settings: Settings, noises: list[Noise], names: lis
     return text
 
 
+# The defaults of each generator backend: the realistic one judges the whole method at the demo's budget on
+# SDX23-style noise (recordings grouped into the wrong stem, bleed); the sine one keeps the earlier setting.
+SDX23_KINDS = "misgroup=3,bleed=2,swap=1,partial=1,other_song=1,silent=0"
+PROFILES = {
+    "sampled": dict(tracks=24, test_tracks=16, epochs_scale=1.0, rates=[f"0.3@{SDX23_KINDS}"],
+                    arms="clean,plain,method", out="runs/bench/noise_robustness",
+                    data="data/bench/noise_robustness"),
+    "sine": dict(tracks=16, test_tracks=6, epochs_scale=0.35, rates=["0.3", "0.5@swap=3,other_song=3"],
+                 arms=",".join(a for a in ARM_NAMES if a != "method"), out="runs/bench/noise_robustness_sine",
+                 data="data/bench/noise_robustness_sine"),
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     d = Settings()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tracks", type=int, default=d.tracks, help=f"noisy training tracks (default {d.tracks})")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--render", choices=sorted(PROFILES), default="sampled",
+                   help="the generator's backend, and its defaults for the options below (default sampled)")
+    p.add_argument("--tracks", type=int, default=None, help="noisy training tracks (sampled 24, sine 16)")
     p.add_argument("--seconds", type=float, default=d.seconds, help=f"seconds per track (default {d.seconds:g})")
-    p.add_argument("--test-tracks", type=int, default=d.test_tracks, help=f"clean test tracks (default {d.test_tracks})")
-    p.add_argument("--rates", nargs="+", default=["0.3", "0.5@swap=3,other_song=3"], metavar="RATE[@KINDS]",
-                   help="noise settings (default: 0.3 and 0.5@swap=3,other_song=3)")
+    p.add_argument("--test-tracks", type=int, default=None, help="clean test tracks (sampled 16, sine 6)")
+    p.add_argument("--rates", nargs="+", default=None, metavar="RATE[@KINDS]",
+                   help=f"noise settings (sampled: 0.3@{SDX23_KINDS}; sine: 0.3 and 0.5@swap=3,other_song=3)")
     p.add_argument("--seeds", type=int, default=3, help="data and training seeds 1..N (default 3)")
-    p.add_argument("--arms", default=",".join(ARM_NAMES), help=f"comma-separated subset of {', '.join(ARM_NAMES)}")
-    p.add_argument("--epochs-scale", type=float, default=d.epochs_scale,
-                   help=f"x the configs' epochs of steps 1-3 (default {d.epochs_scale:g})")
+    p.add_argument("--arms", default=None, help=f"comma-separated subset of {', '.join(ARM_NAMES)} "
+                                                "(sampled: clean,plain,method; sine: all but method)")
+    p.add_argument("--epochs-scale", type=float, default=None,
+                   help="x the configs' epochs of steps 1-3 (and of every stage of the method; sampled 1, sine 0.35)")
     p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
                    help=f"optimizer steps per epoch (default {d.steps_per_epoch})")
     p.add_argument("--arch", choices=sorted(ARCH_CONFIGS), default="masknet",
                    help="masknet: configs/demo (default); htdemucs: configs/tiny")
     p.add_argument("--configs", default=None, help="stage config folder (overrides --arch)")
-    p.add_argument("--threshold", default=d.threshold, help="arm (d)'s filter rule: dB, auto or keep=F (default auto)")
+    p.add_argument("--threshold", default=d.threshold, help="the filters' rule: dB, auto, otsu or keep=F (default auto)")
     p.add_argument("--variants-by", choices=("absolute", "relative"), default=d.variants_by,
                    help="ranking of the C 0.8 and warm-up variants (default absolute, as (c))")
     p.add_argument("--set", action="append", default=[], metavar="A.B=VALUE",
                    help="config override for every training stage (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/noise_robustness"))
-    p.add_argument("--data", type=Path, default=Path("data/bench/noise_robustness"))
+    p.add_argument("--out", type=Path, default=None, help="results (sampled: runs/bench/noise_robustness, "
+                                                          "sine: runs/bench/noise_robustness_sine)")
+    p.add_argument("--data", type=Path, default=None, help="generated sets (data/bench/..., as --out)")
     p.add_argument("--report-only", action="store_true", help="write the table and plot from finished arms")
     args = p.parse_args(argv)
+    for key, value in PROFILES[args.render].items():
+        if getattr(args, key) is None:
+            setattr(args, key, Path(value) if key in ("out", "data") else value)
     try:
         args.noises = [Noise.parse(t) for t in args.rates]
     except ValueError as exc:
@@ -540,7 +665,7 @@ def main(argv=None) -> int:
     settings = Settings(tracks=args.tracks, seconds=args.seconds, test_tracks=args.test_tracks,
                         epochs_scale=args.epochs_scale, steps_per_epoch=args.steps_per_epoch,
                         configs=args.configs or ARCH_CONFIGS[args.arch], threshold=args.threshold,
-                        variants_by=args.variants_by, overrides=tuple(args.set))
+                        variants_by=args.variants_by, overrides=tuple(args.set), render=args.render)
     say = lambda text: print(text, flush=True)  # noqa: E731
     step1 = load_config(Path(settings.configs) / "step1.yaml", list(settings.overrides))
     samplerate = step1["data"]["samplerate"]
@@ -571,7 +696,7 @@ def run_all(args, settings: Settings, names: list[str], header: str, samplerate:
     started = time.monotonic()
     test_dir = data / "test"
     make_set(test_dir, tracks=settings.test_tracks, seconds=settings.seconds, samplerate=samplerate,
-             seed=TEST_SEED, noise=None)
+             seed=TEST_SEED, noise=None, render=settings.render)
     jobs = []
     for seed in range(1, args.seeds + 1):
         plan = Plan(seed, data, out)
@@ -584,7 +709,7 @@ def run_all(args, settings: Settings, names: list[str], header: str, samplerate:
     say(f"{header}\n{len(jobs)} arm runs; out {out}")
     for i, (plan, noise, name, arm) in enumerate(jobs, 1):
         make_set(plan.train_set(noise), tracks=settings.tracks, seconds=settings.seconds, samplerate=samplerate,
-                 seed=plan.seed, noise=noise)
+                 seed=plan.seed, noise=noise, render=settings.render)
         head = f"[{i:3d}/{len(jobs)}] seed {plan.seed} {'clean' if noise is None else noise.slug:<22} {name:<13}"
         try:
             result, cached = run_arm(name, arm, settings, plan, noise, test_dir, args.device)

@@ -11,8 +11,22 @@ from __future__ import annotations
 
 import hashlib
 
-DEFAULT_COUNT = 4
 SEED = 0
+AUTO = "auto"           # the count by the dataset's size: SHARE of its tracks, between MIN and MAX
+SHARE, MIN, MAX = 0.15, 2, 8
+
+
+def count(spec: int | str, tracks: int) -> int:
+    """How many of ``tracks`` to hold out for ``spec``: a number, or ``auto`` (none for fewer than 4 tracks)."""
+    if str(spec).strip().lower() == AUTO:
+        return 0 if tracks < 4 else max(MIN, min(MAX, round(SHARE * tracks)))
+    try:
+        value = int(spec)
+    except ValueError:
+        raise ValueError(f"held-out tracks: {spec!r} is neither a number nor {AUTO!r}") from None
+    if value < 0:
+        raise ValueError(f"held-out tracks: {value} is negative")
+    return value
 
 
 def held_out(tracks, count: int, seed: int = SEED) -> list[str]:

@@ -115,7 +115,7 @@ class Layout:
     arms: tuple[str, ...] = ()      # control arms run after part 1
     epochs_scale: float = 1.0       # x every training stage's epochs (a fine-tune: at least one past its parent)
     quick: bool = False             # one short epoch per stage
-    holdout: int = 4                # tracks kept out of the pools, to score the bag's candidates on
+    holdout: str = "auto"           # tracks kept out of the pools to score the bag's candidates on: N or auto
     valid: str | None = None        # clean validation tracks: the bag's candidates are scored on them instead
 
 
@@ -236,9 +236,9 @@ def _filter(name: str, model_run: str, mode: str, layout: Layout) -> Stage:
     return Stage(f"filter_{name}", "filter", (model_run,), argv, f"{out}/volumes.jsonl", parallel=True)
 
 
-def holdout_count(layout: Layout) -> int:
-    """Tracks held out of the pools: none when clean validation tracks are given instead."""
-    return 0 if layout.valid else layout.holdout
+def holdout_count(layout: Layout) -> str:
+    """Tracks held out of the pools (auto_filter's --holdout): none when clean validation tracks are given."""
+    return "0" if layout.valid else str(layout.holdout)
 
 
 def _select(name: str, layout: Layout) -> Stage:
@@ -246,7 +246,7 @@ def _select(name: str, layout: Layout) -> Stage:
     holdout = holdout_count(layout)
     argv = ("auto_filter.py", name, str(layout.key), str(layout.speed), *_threshold_args(layout),
             "--outputs", filter_outputs(name, layout), "--data", layout.data, "--dest", dest, "--link",
-            *(["--holdout", str(holdout)] if holdout else []))
+            *(["--holdout", holdout] if holdout != "0" else []))
     return Stage(f"select_{name}", "select", (f"filter_{name}",), argv, f"{dest}/selection.json")
 
 
@@ -366,9 +366,9 @@ def add_chain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
                    help="x every training stage's epochs (default 1)")
     p.add_argument("--quick", action="store_true", help="one short epoch per stage: checks the machinery")
-    p.add_argument("--holdout", type=int, default=None, metavar="N",
+    p.add_argument("--holdout", default=None, metavar="N|auto",
                    help="tracks kept out of the pools; the bag takes each source from the model that scores "
-                        "best on them (default 4)")
+                        "best on them (default auto: 15 %% of the tracks, 2 to 8)")
     p.add_argument("--valid", help="clean validation track folders: the bag's choice is scored on them instead")
     p.add_argument("--set", action="append", default=[], metavar="[SCOPE:]A.B=VALUE",
                    help="config override for every training stage, or for a stage, part or arm (repeatable)")
@@ -382,8 +382,8 @@ def layout_from(args: argparse.Namespace) -> Layout:
     changes = {k: getattr(args, k) for k in ("configs", "data", "clean", "runs", "pools", "threshold", "valid")
                if getattr(args, k)}
     if args.holdout is not None:
-        if args.holdout < 0:
-            raise PipelineError(f"--holdout {args.holdout}: must be >= 0")
+        if args.holdout != "auto" and not args.holdout.isdigit():
+            raise PipelineError(f"--holdout {args.holdout}: must be a whole number >= 0 or auto")
         changes["holdout"] = args.holdout
     if args.epochs_scale is not None:
         if not (math.isfinite(args.epochs_scale) and args.epochs_scale > 0):

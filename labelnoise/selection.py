@@ -56,7 +56,7 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from . import filter_report, thresholds
 from .atomic import atomic_path, write_json
-from .holdout import held_out
+from .holdout import count as holdout_count, held_out
 from .thresholds import Rule
 from .provenance import SELECTION_FILE, check_outputs_origin
 from .audio import AudioError, read_audio
@@ -437,11 +437,11 @@ def write_pool(data: Path, dest: Path, kept: dict[str, list[str]], *, link: bool
 def select(model: str, key: int, speed: int, threshold: str | float | None = "20", *,
            keep_fraction: float | None = None, outputs=None, data=None, dest=None,
            labels=None, link: bool = False, dry_run: bool = False, report: bool = True,
-           progress: bool = True, sources=SOURCES, holdout: int = 0) -> Selection:
+           progress: bool = True, sources=SOURCES, holdout: int | str = 0) -> Selection:
     """Read the filter's volumes, choose thresholds, decide, and write DEST (nothing with ``dry_run``).
 
-    ``holdout``: that many tracks (labelnoise.holdout) stay out of the pool; the stems of theirs that
-    are kept are listed in selection.json under ``held_out``.
+    ``holdout``: that many tracks, or ``auto`` (labelnoise.holdout), stay out of the pool; the stems of
+    theirs that are kept are listed in selection.json under ``held_out``.
     """
     sfx = suffix(model, key, speed)
     rule = Rule.parse(threshold, keep_fraction)
@@ -481,7 +481,8 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
         track, stem = absent[0]
         raise ValueError(f"{data / track / (stem + '.wav')}: measured by the filter but not in the dataset "
                          f"({len(absent)} such stems); is --data the folder the filter ran on?")
-    aside = set(held_out(sorted({t for t, _ in present}), holdout))
+    names = sorted({t for t, _ in present})
+    aside = set(held_out(names, holdout_count(holdout, len(names))))
     kept = {s: sorted(st.track for st in stems if st.stem == s and st.kept and st.track not in aside)
             for s in sources}
     counts = {}

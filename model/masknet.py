@@ -42,10 +42,13 @@ class MaskNet(nn.Module):
         layers: BLSTM layers.
         mask: ``softmax`` over sources (the estimates sum to the mixture) or
             ``sigmoid`` (each mask in [0, 1] on its own).
+        conv: channels of a small 2D convolution front end over (frequency, time)
+            before the frame features (0: none). It sees local patterns the
+            frame-wise layer cannot: a harmonic's neighbours, an onset's attack.
     """
 
     def __init__(self, sources, audio_channels=2, samplerate=16000, segment=4.0, nfft=1024,
-                 hidden=192, layers=2, mask="softmax"):
+                 hidden=192, layers=2, mask="softmax", conv=0):
         super().__init__()
         self.init_kwargs = {key: value for key, value in locals().items()
                             if key not in ("self", "__class__")}
@@ -66,7 +69,15 @@ class MaskNet(nn.Module):
         bins = nfft // 2 + 1
         self.bins = bins
 
-        self.encode = nn.Sequential(nn.Linear(audio_channels * bins, hidden), nn.LayerNorm(hidden), nn.Tanh())
+        self.conv = conv
+        if conv:
+            # Two 3x3 layers, the second strided by 2 in frequency: half the bins, `conv` maps each.
+            self.front = nn.Sequential(nn.Conv2d(audio_channels, conv, 3, padding=1), nn.GELU(),
+                                       nn.Conv2d(conv, conv, 3, stride=(2, 1), padding=1), nn.GELU())
+            features = conv * ((bins - 1) // 2 + 1)
+        else:
+            features = audio_channels * bins
+        self.encode = nn.Sequential(nn.Linear(features, hidden), nn.LayerNorm(hidden), nn.Tanh())
         self.lstm = nn.LSTM(hidden, hidden // 2, num_layers=layers, bidirectional=True, batch_first=True)
         # The head sees the frame features next to the LSTM's context (a skip connection).
         self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.LayerNorm(hidden), nn.GELU(),
@@ -88,7 +99,9 @@ class MaskNet(nn.Module):
         mean = feats.mean(dim=(1, 2, 3), keepdim=True)
         std = feats.std(dim=(1, 2, 3), keepdim=True)
         feats = (feats - mean) / (std + 1e-5)
-        feats = feats.permute(0, 3, 1, 2).reshape(B, frames, C * self.bins)
+        if self.conv:
+            feats = self.front(feats)                                 # (B, conv, bins / 2, frames)
+        feats = feats.permute(0, 3, 1, 2).reshape(B, frames, -1)
 
         h = self.encode(feats)
         context, _ = self.lstm(h)

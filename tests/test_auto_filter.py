@@ -13,7 +13,7 @@ import soundfile as sf
 
 import auto_filter
 from labelnoise import SOURCES, selection, synth, volumes
-from labelnoise.holdout import held_out
+from labelnoise.holdout import count as holdout_count, held_out
 from labelnoise.selection import read_selection, select
 from labelnoise.thresholds import Rule, keep_fraction as keep_fraction_threshold, otsu as otsu_threshold
 
@@ -214,6 +214,11 @@ def test_held_out_tracks_stay_out_of_the_pool(labelled, tmp_path):
         select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "held", progress=False, holdout=2)
     with pytest.raises(ValueError, match="8 of 8 tracks would leave none"):
         held_out(tracks, 8)
+    # auto: 15 % of the tracks, at least 2, at most 8; none for a handful.
+    assert [holdout_count("auto", n) for n in (3, 8, 16, 24, 203)] == [0, 2, 2, 4, 8]
+    assert holdout_count("5", 24) == 5
+    with pytest.raises(ValueError, match="neither a number nor 'auto'"):
+        holdout_count("some", 24)
 
 
 def test_link_falls_back_to_copy_across_file_systems(labelled, tmp_path, monkeypatch):

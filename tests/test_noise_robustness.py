@@ -10,9 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "noise_robustness.py"
 # Two optimizer steps of 4 items per stage: checks the machinery, learns nothing.
-SMALL = ["--tracks", "4", "--seconds", "3", "--test-tracks", "2", "--seeds", "1", "--rates", "0.5@swap=3",
-         "--arms", "clean,plain,filtered,kuielab", "--epochs-scale", "0.01", "--steps-per-epoch", "2",
-         "--set", "optim.batch_size=4", "--threshold", "keep=0.5"]
+SMALL = ["--render", "sampled", "--tracks", "6", "--seconds", "3", "--test-tracks", "2", "--seeds", "1",
+         "--rates", "0.5@swap=3", "--arms", "clean,plain,filtered,kuielab,method", "--epochs-scale", "0.01",
+         "--steps-per-epoch", "2", "--set", "optim.batch_size=4", "--threshold", "keep=0.5"]
 SLUG = "r0.5_swap3"
 
 
@@ -28,7 +28,7 @@ def _run(tmp: Path, extra=()):
     # The stage commands name configs/ and filter.py relative to the repository root, as the demo does.
     done = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "--out", str(tmp / "runs"),
                            "--data", str(tmp / "data"), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -45,18 +45,31 @@ def test_table_has_every_arm_and_the_filter(small_run):
     assert md in printed  # the same table is printed
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| (")}
     # (d) needs (c)'s runs, so (c) is trained and shown as well.
-    assert list(rows) == ["(a) clean", "(b) plain", "(c) trunc", "(d) filtered", "(e) kuielab"]
+    assert list(rows) == ["(a) clean", "(b) plain", "(c) trunc", "(d) filtered", "(e) kuielab", "(m) method"]
     assert "Filter of arm (d)" in md and "precision" in md
     # Truncation arms report the noisy shares; plain L1 arms drop nothing.
     assert rows["(c) trunc"].count("%") >= 2 and "x)" in rows["(c) trunc"]
     assert "x)" not in rows["(b) plain"]
 
 
+def test_the_method_arm_runs_to_the_bag_and_reports_it(small_run):
+    tmp, printed = small_run
+    result = json.loads((tmp / "runs" / "seed1" / SLUG / "method" / "result.json").read_text())
+    bag = json.loads((tmp / "runs" / "seed1" / SLUG / "method" / "final_test_sdr.json").read_text())
+    assert result["sdr"]["mean"] == bag["summary"]["mean"]
+    m = result["method"]
+    assert set(m["sdr"]) == {"step3", "joint360", "bag"} and set(m["choices"]) == {"drums", "bass", "other", "vocals"}
+    assert set(m["bag_vs_joint360"]) == {"drums", "bass", "other", "vocals"}
+    assert "second" in result["filter"] and 0 <= result["filter"]["second"]["precision"] <= 1
+    md = (tmp / "runs" / "results.md").read_text()
+    assert "Arm (m), per seed" in md and "| 1 | " in md.split("Arm (m), per seed", 1)[1]
+
+
 def test_results_json_and_plot(small_run):
     tmp, _ = small_run
     data = json.loads((tmp / "runs" / "results.json").read_text())
     arms = data["summary"][SLUG]["arms"]
-    assert set(arms) == {"clean", "plain", "trunc", "filtered", "kuielab"}
+    assert set(arms) == {"clean", "plain", "trunc", "filtered", "kuielab", "method"}
     for row in arms.values():
         assert set(row["sdr"]) == {"drums", "bass", "other", "vocals", "mean"}
     assert arms["plain"]["vs_plain"] is None and arms["trunc"]["vs_plain"]["n"] == 1
@@ -80,6 +93,7 @@ def test_every_model_sees_the_same_items(small_run):
               for arm in ("plain", "trunc", "kuielab")}
     budget["clean"] = sum(items(seed / "clean" / "clean" / s) for s in ("step1", "step2", "step3"))
     budget["filtered"] = items(seed / SLUG / "trunc" / "joint360")
+    budget["method"] = sum(items(seed / SLUG / "method" / step) for step in ("step1", "step2", "step3"))
     assert len(set(budget.values())) == 1, budget
     kuielab = read_mapping(seed / SLUG / "kuielab" / "step2" / "config.yaml")["optim"]
     assert (kuielab["loss"], kuielab["trunc_ratio"]) == ("mse_trunc", 0.4)
@@ -91,7 +105,7 @@ def test_rerun_skips_finished_arms_and_refuses_other_settings(small_run):
     tmp, _ = small_run
     printed = _run(tmp)
     lines = [line for line in printed.splitlines() if line.startswith("[")]
-    assert len(lines) == 5 and all("done already" in line for line in lines)
+    assert len(lines) == 6 and all("done already" in line for line in lines)
     bad = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "--tracks", "5", "--out", str(tmp / "runs"),
                           "--data", str(tmp / "data")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "other settings" in bad.stderr
