@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text
+from .yamlio import load as load_yaml
 from .yamlio import read_mapping
 
 BASE_NAME = "base.yaml"
@@ -134,10 +135,10 @@ def parse_override(text: str) -> dict:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"command line: expected KEY=VALUE with a dotted key, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"command line: cannot read the value of {key} ({exc})") from None
-    # YAML 1.1 reads 1e-4 as a string; a number is what anyone means.
+    # What YAML leaves a string but float() reads (inf, nan, 1e5 written as 1e5): a number is what anyone means.
     if isinstance(value, str):
         try:
             value = float(value)
