@@ -1,9 +1,10 @@
-"""Challenge SDR of separated stems, per track and source, with mean and median over tracks.
+"""Challenge SDR (or other metrics) of separated stems, per track and source, with mean and median over tracks.
 
 Estimates already on disk (``EST/<track>/<source>.wav``, as ``separate.py`` writes):
 
     python evaluate.py data/test est/ --json est/sdr.json --csv est/sdr.csv
     python evaluate.py data/test est/ --sources vocals bass
+    python evaluate.py data/test est/ --metrics sdr,csdr,si_sdr --csv est/scores.csv
 
 Separate and score in one go (nothing written unless ``--out``):
 
@@ -15,6 +16,12 @@ and channels; a track's score is the mean over its sources. Lengths within
 ``--max-length-diff`` samples are cropped and reported; channel-count or
 sample-rate mismatches are errors naming the file. Prints a table; exit code 1
 on an error.
+
+``--metrics`` (comma-separated; default ``sdr``): ``sdr``, ``csdr`` (museval's
+BSS-eval v4 SDR, median over 1 s frames, as the MUSDB18 literature reports),
+``si_sdr``, and MSST's ``l1_freq``, ``aura_stft``, ``aura_mrstft``,
+``bleedless``, ``fullness`` (labelnoise/track_metrics.py defines each). With
+several, the table, JSON and CSV (a ``metric`` column) hold each.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from labelnoise.errors import command_line
 from labelnoise.evaluation import (MAX_LENGTH_DIFF, evaluate_dirs, evaluate_model, format_table,
                                    write_report)
 from labelnoise.inference import MODES, PRECISIONS
+from labelnoise.track_metrics import parse_metrics
 
 log = logging.getLogger("evaluate")
 
@@ -43,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument("est_dir", nargs="?", type=Path, help="estimate track folders")
     parser.add_argument("--sources", nargs="+", default=None,
                         help=f"sources to score (default: {' '.join(SOURCES)}, or the model's)")
+    parser.add_argument("--metrics", default="sdr",
+                        help="comma-separated: sdr (default), csdr, si_sdr, l1_freq, aura_stft, aura_mrstft, "
+                             "bleedless, fullness")
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
     parser.add_argument("--csv", type=Path, help="write one row per track as CSV here")
     parser.add_argument("--max-length-diff", type=int, default=MAX_LENGTH_DIFF,
@@ -68,6 +79,10 @@ def parse_args(argv=None):
         parser.error("--model and --tracks go together")
     if with_dirs and args.est_dir is None:
         parser.error("EST_DIR is missing")
+    try:
+        args.metrics = parse_metrics(args.metrics)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -82,10 +97,10 @@ def main(argv=None) -> int:
                 model, args.tracks, sources=args.sources, out_dir=args.out, float32=args.float32,
                 max_length_diff=args.max_length_diff, progress=True, device=args.device,
                 segment=args.segment, overlap=args.overlap, shifts=args.shifts,
-                batch_size=args.batch_size, precision=args.precision, mode=args.mode)
+                batch_size=args.batch_size, precision=args.precision, mode=args.mode, metrics=args.metrics)
         else:
             report = evaluate_dirs(args.ref_dir, args.est_dir, args.sources or SOURCES,
-                                   max_length_diff=args.max_length_diff, progress=True)
+                                   max_length_diff=args.max_length_diff, progress=True, metrics=args.metrics)
     except (AudioError, BagError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
