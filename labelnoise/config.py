@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from . import metric_log
 from .atomic import write_text
 from .yamlio import load as load_yaml
 from .yamlio import read_mapping
@@ -40,6 +41,8 @@ from .yamlio import read_mapping
 BASE_NAME = "base.yaml"
 # Sections whose keys are not fixed by base.yaml.
 FREE_SECTIONS = ("model",)
+# Keys whose value may be a word or a boolean (auto, true, false): checked by their owner instead.
+MIXED_KINDS = ("run.tensorboard", "run.wandb")
 # The network a config builds when its model section names none.
 DEFAULT_ARCH = "htdemucs"
 
@@ -124,7 +127,8 @@ def _check(update: dict, schema: dict, where: str, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{dotted}' must be a mapping, got {_kind(value)}")
             _check(value, expected, where, dotted + ".")
-        elif expected is not None and value is not None and _kind(value) != _kind(expected):
+        elif (expected is not None and value is not None and _kind(value) != _kind(expected)
+              and dotted not in MIXED_KINDS):
             raise ConfigError(f"{where}: '{dotted}' must be {_kind(expected)} (as in {BASE_NAME}), "
                               f"got {_kind(value)}: {value!r}")
 
@@ -261,6 +265,9 @@ def _check_ranges(config: dict, where: str) -> None:
 
 def _check_consistent(config: dict, where: str) -> None:
     model, data, optim = config["model"], config["data"], config["optim"]
+    problem = metric_log.unavailable(config["run"])
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     if model.get("samplerate", 44100) != data["samplerate"]:
         raise ConfigError(f"{where}: model.samplerate {model.get('samplerate', 44100)} differs from "
                           f"data.samplerate {data['samplerate']}")
