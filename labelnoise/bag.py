@@ -10,7 +10,7 @@ model; a bag says so with one-hot rows::
       - [0, 1, 0, 0]
       - [0, 0, 1, 0]
       - [0, 0, 0, 1]
-    segment: 10         # optional, seconds: overrides every model's segment
+    segment: 10         # optional, seconds: every model's segment (when no longer than its own)
 
 A bag that demucs wrote (``models: [955717e8, ...]``: signatures naming
 ``955717e8.th`` or ``955717e8-<sha256 prefix>.th`` in the same folder) reads
@@ -78,6 +78,12 @@ class Bag(nn.Module):
                 raise BagError(f"source {source!r} has zero total weight: no model provides it")
         if segment is not None and segment <= 0:
             raise BagError(f"segment must be positive, got {segment}")
+        if segment is not None:
+            for model in models:
+                # As demucs' BagOfModels: a member runs at the bag's segment, an HTDemucs only when it
+                # is no longer than its own (it pads shorter inputs to that, so the two agree).
+                if segment <= float(model.segment):
+                    model.segment = segment
         self.models = nn.ModuleList(models)
         self.weights = weights
         self.names = names
