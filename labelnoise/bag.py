@@ -162,11 +162,18 @@ def member_path(bag: Path, entry: str) -> Path:
 
 
 def load_model_or_bag(path: str | os.PathLike, *,
-                      loader: Callable[[Path], nn.Module] | None = None) -> nn.Module:
-    """A ``.yaml``/``.yml`` file is a bag; anything else is one checkpoint."""
+                      loader: Callable[[Path], nn.Module] | None = None, config=None) -> nn.Module:
+    """A ``.yaml``/``.yml`` file is a bag; anything else is one checkpoint.
+
+    ``config`` (a model config file: ours, or an MSST config) goes to ``load_model`` for a bare
+    or Lightning state dict.
+    """
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         return load_bag(path, loader=loader)
     if not path.exists():
         raise BagError(f"{path}: file not found")
+    if config is not None and loader is None:
+        from .checkpoint import load_model
+        return load_model(path, config=config)
     return (loader or _default_loader)(path)

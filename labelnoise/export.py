@@ -2,6 +2,7 @@
 
     python -m labelnoise.export runs/step3/model.th --out release --name pretrain3
     python -m labelnoise.export runs/final.yaml --out release --name final --half
+    python -m labelnoise.export model_htdemucs.ckpt --model-config config_musdb18_htdemucs.yaml --out release --name msst
     labelnoise-export runs/final.yaml --out release --name final
 
 then, with demucs installed (no network: ``--repo`` is a local folder):
@@ -55,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("model", help="a checkpoint load_model reads, or a bag YAML")
     parser.add_argument("--out", type=Path, required=True, help="the demucs repo folder to write into")
     parser.add_argument("--name", required=True, help="the name demucs takes with -n (no '-' or '/')")
+    parser.add_argument("--model-config", type=Path,
+                        help="the model config of a bare state dict (ours, or an MSST config)")
     parser.add_argument("--half", action="store_true", help="float16 weights (half the size)")
     return parser.parse_args(argv)
 
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        model = load_model_or_bag(args.model)
+        model = load_model_or_bag(args.model, config=args.model_config)
         written = export(model, args.out, args.name, half=args.half)
     except (BagError, CheckpointError, TypeError, ValueError) as exc:
         log.error("%s", exc)

@@ -59,6 +59,16 @@ def test_msst_config_and_state_dict_give_the_same_network(tmp_path):
     x = torch.randn(1, 2, RATE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
+    # separate.py takes the pair as it is.
+    song = tmp_path / "song.wav"
+    sf.write(str(song), x[0].numpy().T, RATE, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert separate.main([str(ckpt), str(song), "-o", str(out), "--model-config", str(config), "--float32",
+                          "--clip-mode", "none"]) == 0
+    from labelnoise.inference import apply
+    want = apply(net, x[0])
+    got, _ = sf.read(str(out / "song" / "vocals.wav"), dtype="float32")
+    assert np.abs(got.T - want[3].numpy()).max() < 1e-6
 
 
 def test_msst_musdb18_config_maps_every_key(tmp_path):

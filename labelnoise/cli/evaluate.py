@@ -60,6 +60,8 @@ def parse_args(argv=None):
                         help=f"largest length difference cropped silently (default {MAX_LENGTH_DIFF})")
     run = parser.add_argument_group("separate and evaluate")
     run.add_argument("--model", help="checkpoint or bag YAML to separate with")
+    run.add_argument("--model-config", type=Path,
+                     help="the model config of a bare state dict (ours, or an MSST config)")
     run.add_argument("--tracks", type=Path, help="test set: <track>/{sources}.wav [+ mixture.wav]")
     run.add_argument("--out", type=Path, help="also write the estimates here")
     run.add_argument("--float32", action="store_true", help="write float WAV estimates")
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.model is not None:
-            model = load_model_or_bag(args.model)
+            model = load_model_or_bag(args.model, config=args.model_config)
             report = evaluate_model(
                 model, args.tracks, sources=args.sources, out_dir=args.out, float32=args.float32,
                 max_length_diff=args.max_length_diff, progress=True, device=args.device,

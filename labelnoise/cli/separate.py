@@ -79,6 +79,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="checkpoint file, or a bag YAML (models: [...], weights: [[...]])")
     parser.add_argument("audio", nargs="+", type=Path, help="audio files to separate")
+    parser.add_argument("--model-config", type=Path,
+                        help="the model config of a bare state dict (ours, or an MSST config)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     parser.add_argument("-d", "--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if available, else cpu)")
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
         log.error("--jobs must be at least 1")
         return 2
     try:
-        model = load_model_or_bag(args.model)
+        model = load_model_or_bag(args.model, config=args.model_config)
     except (BagError, OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2
