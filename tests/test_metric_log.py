@@ -11,18 +11,11 @@ import pytest
 
 from labelnoise import metric_log
 from labelnoise.config import ConfigError, load_config
-from labelnoise.synth import generate
 from labelnoise.trainer import Trainer
+from tests.test_train import synth  # noqa: F401 (a fixture: 4 tracks x 3 s, 16 kHz)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP1 = ROOT / "configs" / "tiny" / "step1.yaml"
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, tracks=4, seconds=3.0, noise_rate=0.25, seed=0, samplerate=16000, progress=False)
-    return out
 
 
 def train(tmp_path, synth, *extra) -> Path:
