@@ -65,3 +65,12 @@ def test_wheel_in_a_fresh_venv(tmp_path):
                 "print('model' in sys.modules)", cwd=elsewhere)
     assert where.returncode == 0, where.stderr
     assert where.stdout.split() == [str(site / "labelnoise" / "model" / "htdemucs.py"), "False"]
+
+
+def test_console_scripts_of_this_environment_answer_help(tmp_path):
+    # What `make install` (an editable install) put beside this interpreter, run from another folder.
+    bin_dir = Path(sys.executable).parent
+    for name in SCRIPTS:
+        result = run(bin_dir / name, "--help", cwd=tmp_path)
+        assert result.returncode == 0, (name, result.stderr[-500:])
+        assert "usage:" in result.stdout, name
