@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # by $(SYSTEM_PYTHON) is kept instead (the venv then sees system packages).
 TORCH_CPU ?= torch==2.13.0
 SYSTEM_PYTHON ?= python3
+# What `make test` and `make demo` need: the test tools, the report's figures, the SLURM submitter
+# (pyproject.toml; tensorboard and wandb are the other extras). The console scripts come with it.
+EXTRAS ?= test,report,slurm
 PYTEST_ARGS ?=
 # make demo DEMO_ARGS="--tracks 64 --seconds 30 --epochs-scale 4 --device cuda" (python -m labelnoise.demo --help)
 DEMO_ARGS ?=
@@ -43,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 		$(SYSTEM_PYTHON) -m venv $(VENV); \
 		$(PY) -m pip install -q "$(TORCH_CPU)"; \
 	fi
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $@
 
 test: install

@@ -52,7 +52,7 @@ from labelnoise.audio import read_audio  # noqa: E402
 from labelnoise.evaluation import list_tracks  # noqa: E402
 from labelnoise.filtering import run_filter, shift_stem  # noqa: E402
 from labelnoise.synth import generate  # noqa: E402
-from model.htdemucs import HTDemucs  # noqa: E402
+from labelnoise.model.htdemucs import HTDemucs  # noqa: E402
 
 CONFIGS = {
     # Segment 11 s: the training segment, which a trained model's `segment` becomes.

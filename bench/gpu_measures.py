@@ -222,7 +222,7 @@ def check_filter(sizes: dict, device, emit, time_left) -> None:
     import filter_speed as fs
     from demucs.htdemucs import HTDemucs as Reference
 
-    from model import HTDemucs
+    from labelnoise.model import HTDemucs
 
     config, tracks, seconds, warm_up = sizes["filter"]
     config = fs.CONFIGS[config] if isinstance(config, str) else config

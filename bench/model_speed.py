@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import HTDemucs  # noqa: E402
+from labelnoise.model import HTDemucs  # noqa: E402
 
 log = logging.getLogger("model_speed")
 

@@ -250,11 +250,13 @@ def method_layout(settings: Settings, seed: int, runs: Path, data: Path, pools: 
     """The demo's preset and schedule, every stage's epochs x ``--epochs-scale`` (a fine-tune at least one
     past its parent), ``--steps-per-epoch`` steps per epoch: steps 1-3 see what the other arms' do."""
     preset = pipeline.PRESETS["demo"]
+    # The batch sizes the stages run with (--set included) give their items per epoch.
     base = replace(preset, configs=settings.configs, data=str(data), runs=str(runs), pools=str(pools),
-                   threshold=settings.threshold, epochs_scale=settings.epochs_scale)
+                   threshold=settings.threshold, epochs_scale=settings.epochs_scale,
+                   overrides=(*preset.overrides, *settings.overrides, f"run.seed={seed}"))
     per_step = {s.name: _items_per_epoch(settings, s) for s in pipeline.train_stages(pipeline.stages("all", base))}
     items = [f"{name}:data.items_per_epoch={n}" for name, n in per_step.items()]
-    return replace(base, overrides=(*preset.overrides, *settings.overrides, f"run.seed={seed}", *items))
+    return replace(base, overrides=(*base.overrides, *items))
 
 
 def _items_per_epoch(settings: Settings, stage: pipeline.Stage) -> int:
@@ -378,7 +380,7 @@ def method_figures(jobs: list, runs: Path) -> dict:
     for s in SOURCES:
         d = np.array([bag["scores"][t][s] - joint["scores"][t][s] for t in bag["scores"]])
         per_source[s] = {"bag": bag["summary"]["per_source"][s]["mean"],
-                         "joint360": joint["summary"]["per_source"][s]["mean"],
+                         pipeline.JOINT: joint["summary"]["per_source"][s]["mean"],
                          "diff": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None}
     choices = read_mapping(runs / pipeline.BAG_FILE).get("choices", {})
     return {"sdr": {name: r["summary"]["mean"] for name, r in scores.items()}, "bag_vs_joint360": per_source,

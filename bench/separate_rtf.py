@@ -37,7 +37,7 @@ from demucs.htdemucs import HTDemucs as DemucsHTDemucs  # noqa: E402
 
 from labelnoise import SOURCES  # noqa: E402
 from labelnoise.inference import apply  # noqa: E402
-from model.htdemucs import HTDemucs  # noqa: E402
+from labelnoise.model.htdemucs import HTDemucs  # noqa: E402
 
 CONFIGS = {
     # Segment 11 s: the training segment, which a trained model's `segment` becomes.

@@ -140,23 +140,67 @@ def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.ascontiguousarray(out.T, dtype=np.float32)
 
 
-def write_audio(path: str | os.PathLike, wav, samplerate: int, *, float32: bool = False) -> None:
-    """Write ``(channels, frames)`` atomically; 16-bit PCM (clipped) or 32-bit float."""
+# File suffix -> libsndfile format; the encodings each can hold (the first is the default).
+FORMATS = {".wav": ("WAV", ("PCM_16", "PCM_24", "FLOAT")), ".flac": ("FLAC", ("PCM_16", "PCM_24")),
+           ".ogg": ("OGG", ("VORBIS",)), ".mp3": ("MP3", ("MPEG_LAYER_III",))}
+# MP3 constant bitrates (kbps) by MPEG version, chosen by libsndfile from the sample rate:
+# MPEG-1 from 32 kHz, MPEG-2 from 16 kHz, MPEG-2.5 below.
+MP3_BITRATES = ((32000, (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)),
+                (16000, (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)),
+                (0, (8, 16, 24, 32, 40, 48, 56, 64)))
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def mp3_compression(path, samplerate: int, bitrate: int) -> float:
+    """libsndfile's compression level that gives ``bitrate`` kbps, constant.
+
+    libsndfile sets LAME's bitrate to ``int(top - level * (top - bottom))`` over
+    the range of the MPEG version (32-320, 8-160 or 8-64 kbps) and LAME takes
+    the nearest standard rate; level 1.0 is refused, hence the 0.999 cap.
+    """
+    if samplerate not in MP3_RATES:
+        raise ValueError(f"{path}: MP3 holds {', '.join(map(str, MP3_RATES))} Hz, not {samplerate} Hz "
+                         "(choose the output rate with --samplerate)")
+    allowed = next(rates for floor, rates in MP3_BITRATES if samplerate >= floor)
+    if bitrate not in allowed:
+        raise ValueError(f"{path}: {bitrate} kbps is not an MP3 bitrate at {samplerate} Hz; one of {allowed}")
+    top, bottom = allowed[-1], allowed[0]
+    return min((top - bitrate) / (top - bottom), 0.999)
+
+
+def write_audio(path: str | os.PathLike, wav, samplerate: int, *, float32: bool = False,
+                subtype: str | None = None, bitrate: int = 320) -> None:
+    """Write ``(channels, frames)`` atomically, the format from the suffix (.wav, .flac, .ogg, .mp3).
+
+    ``subtype``: ``PCM_16`` (the default), ``PCM_24``, ``FLOAT`` (also ``float32=True``); FLAC holds
+    PCM only, OGG and MP3 their own codecs (MP3 at ``bitrate`` kbps, constant). Everything but
+    float is clipped to [-1, 1].
+    """
     if hasattr(wav, "detach"):
         wav = wav.detach().cpu().float().numpy()
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 2:
         raise ValueError(f"{path}: expected audio of shape (channels, frames), got {wav.shape}")
     path = Path(path)
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower(), "WAV")
-    subtype = "FLOAT" if float32 else ("VORBIS" if fmt == "OGG" else "PCM_16")
-    if not float32:
+    fmt, subtypes = FORMATS.get(path.suffix.lower(), FORMATS[".wav"])
+    subtype = "FLOAT" if float32 else subtype
+    if subtype is None or fmt in ("OGG", "MP3"):
+        subtype = subtypes[0] if subtype in (None, "PCM_16") else subtype
+    if subtype not in subtypes:
+        raise ValueError(f"{path}: {fmt} cannot hold {subtype} samples (it holds {', '.join(subtypes)})")
+    options = {}
+    if fmt == "MP3":
+        if "MP3" not in sf.available_formats():
+            raise ValueError(f"{path}: this libsndfile ({sf.__libsndfile_version__}) writes no MP3; "
+                             "soundfile's wheels (>= 0.12) bring one that does")
+        options = {"compression_level": mp3_compression(path, samplerate, bitrate), "bitrate_mode": "CONSTANT"}
+    if subtype != "FLOAT":
         wav = np.clip(wav, -1.0, 1.0)
     # Encoded in memory, then written as bytes: a full disk or a read-only folder is then an
     # OSError that says so (libsndfile reports only "System error").
     buffer = io.BytesIO()
-    with sf.SoundFile(buffer, "w", samplerate, wav.shape[0], subtype=subtype, format=fmt) as f:
-        if float32 and fmt == "WAV":
+    with sf.SoundFile(buffer, "w", samplerate, wav.shape[0], subtype=subtype, format=fmt, **options) as f:
+        if subtype == "FLOAT" and fmt == "WAV":
             # No PEAK chunk: it records the time of writing, so equal samples would give other bytes.
             sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, sf._snd.SF_FALSE)
         f.write(wav.T)

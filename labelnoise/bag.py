@@ -10,7 +10,11 @@ model; a bag says so with one-hot rows::
       - [0, 1, 0, 0]
       - [0, 0, 1, 0]
       - [0, 0, 0, 1]
-    segment: 10         # optional, seconds: overrides every model's segment
+    segment: 10         # optional, seconds: every model's segment (when no longer than its own)
+
+A bag that demucs wrote (``models: [955717e8, ...]``: signatures naming
+``955717e8.th`` or ``955717e8-<sha256 prefix>.th`` in the same folder) reads
+the same way; ``python -m labelnoise.export`` writes one of ours for demucs.
 
 The estimate of source ``k`` is ``sum_i w[i][k] * est_i[k] / sum_i w[i][k]``
 (``labelnoise.inference.apply`` does the arithmetic). Without ``weights``
@@ -18,6 +22,8 @@ every model counts the same.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -72,6 +78,12 @@ class Bag(nn.Module):
                 raise BagError(f"source {source!r} has zero total weight: no model provides it")
         if segment is not None and segment <= 0:
             raise BagError(f"segment must be positive, got {segment}")
+        if segment is not None:
+            for model in models:
+                # As demucs' BagOfModels: a member runs at the bag's segment, an HTDemucs only when it
+                # is no longer than its own (it pads shorter inputs to that, so the two agree).
+                if segment <= float(model.segment):
+                    model.segment = segment
         self.models = nn.ModuleList(models)
         self.weights = weights
         self.names = names
@@ -115,10 +127,7 @@ def load_bag(path: str | os.PathLike, *, loader: Callable[[Path], nn.Module] | N
     models = spec.get("models")
     if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
         raise BagError(f"{path}: 'models' must be a non-empty list of checkpoint paths")
-    model_paths = [(path.parent / m).resolve() for m in models]
-    for model_path in model_paths:
-        if not model_path.exists():
-            raise BagError(f"{path}: model file {model_path} not found")
+    model_paths = [member_path(path, m) for m in models]
     loader = loader or _default_loader
     loaded = [loader(p) for p in model_paths]
     try:
@@ -128,12 +137,43 @@ def load_bag(path: str | os.PathLike, *, loader: Callable[[Path], nn.Module] | N
         raise BagError(f"{path}: {exc}") from None
 
 
+def member_path(bag: Path, entry: str) -> Path:
+    """A bag's model: a path relative to the bag, or a demucs signature ``SIG`` naming ``SIG.th`` or
+    ``SIG-CHECKSUM.th`` beside it (a demucs bag; the checksum, a prefix of the file's sha256, is checked)."""
+    folder = bag.parent
+    candidate = (folder / entry).resolve()
+    if candidate.exists():
+        return candidate
+    if "/" not in entry and not entry.endswith(".th"):
+        if (folder / f"{entry}.th").is_file():
+            return (folder / f"{entry}.th").resolve()
+        signed = sorted(folder.glob(f"{glob.escape(entry)}-*.th"))
+        if len(signed) == 1:
+            checksum = signed[0].stem.split("-", 1)[1]
+            digest = hashlib.sha256(signed[0].read_bytes()).hexdigest()
+            if not digest.startswith(checksum):
+                raise BagError(f"{signed[0]}: its sha256 {digest[:len(checksum)]} does not match the "
+                               f"checksum {checksum} in its name (a corrupt or replaced file)")
+            return signed[0].resolve()
+        if len(signed) > 1:
+            raise BagError(f"{bag}: signature {entry!r} names several files: {[p.name for p in signed]}")
+    raise BagError(f"{bag}: model file {candidate} not found"
+                   + ("" if "/" in entry or entry.endswith(".th") else f" (nor {entry}.th, a demucs signature)"))
+
+
 def load_model_or_bag(path: str | os.PathLike, *,
-                      loader: Callable[[Path], nn.Module] | None = None) -> nn.Module:
-    """A ``.yaml``/``.yml`` file is a bag; anything else is one checkpoint."""
+                      loader: Callable[[Path], nn.Module] | None = None, config=None) -> nn.Module:
+    """A ``.yaml``/``.yml`` file is a bag; anything else is one checkpoint.
+
+    ``config`` (a model config file: ours, or an MSST config) goes to ``load_model`` for a bare
+    or Lightning state dict.
+    """
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         return load_bag(path, loader=loader)
     if not path.exists():
         raise BagError(f"{path}: file not found")
+    if config is not None and loader is None:
+        from .checkpoint import load_model
+        return load_model(path, config=config)
     return (loader or _default_loader)(path)

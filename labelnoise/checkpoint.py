@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import msst
 from .atomic import atomic_path
 from .yamlio import read_mapping
 
@@ -39,8 +40,8 @@ class CheckpointError(ValueError):
 
 def architectures() -> dict[str, type[nn.Module]]:
     """Networks a checkpoint may name, by architecture name."""
-    from model.htdemucs import HTDemucs
-    from model.masknet import MaskNet
+    from .model.htdemucs import HTDemucs
+    from .model.masknet import MaskNet
     return {"htdemucs": HTDemucs, "masknet": MaskNet}
 
 
@@ -125,15 +126,19 @@ def read_checkpoint(path: str | os.PathLike):
 
 
 def _model_config_file(config, path: Path) -> dict:
-    """The model keywords from a dict or a YAML file, top level or under ``model:``."""
+    """The model keywords from a dict or a YAML file: top level, under ``model:``, or an MSST config."""
     if config is None:
         raise CheckpointError(
             f"{path}: holds bare weights without a model config; pass config= (a YAML file or dict with the "
             "model's constructor keywords, e.g. the `model:` section of a stage config)")
+    where = path
     if isinstance(config, (str, os.PathLike)):
+        where = config
         config = read_mapping(config, CheckpointError, "a mapping of model keywords")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the model config must be a mapping, got {type(config).__name__}")
+    if msst.is_msst_config(config):  # MSST's layout: `model: htdemucs` and an `htdemucs:` section
+        return msst.model_keywords(config, where, CheckpointError)
     if isinstance(config.get("model"), dict):
         config = config["model"]
     return dict(config)

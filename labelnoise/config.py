@@ -33,12 +33,16 @@ from pathlib import Path
 
 import yaml
 
+from . import metric_log
 from .atomic import write_text
+from .yamlio import load as load_yaml
 from .yamlio import read_mapping
 
 BASE_NAME = "base.yaml"
 # Sections whose keys are not fixed by base.yaml.
 FREE_SECTIONS = ("model",)
+# Keys whose value may be a word or a boolean (auto, true, false): checked by their owner instead.
+MIXED_KINDS = ("run.tensorboard", "run.wandb")
 # The network a config builds when its model section names none.
 DEFAULT_ARCH = "htdemucs"
 
@@ -123,7 +127,8 @@ def _check(update: dict, schema: dict, where: str, prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{dotted}' must be a mapping, got {_kind(value)}")
             _check(value, expected, where, dotted + ".")
-        elif expected is not None and value is not None and _kind(value) != _kind(expected):
+        elif (expected is not None and value is not None and _kind(value) != _kind(expected)
+              and dotted not in MIXED_KINDS):
             raise ConfigError(f"{where}: '{dotted}' must be {_kind(expected)} (as in {BASE_NAME}), "
                               f"got {_kind(value)}: {value!r}")
 
@@ -134,10 +139,10 @@ def parse_override(text: str) -> dict:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"command line: expected KEY=VALUE with a dotted key, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"command line: cannot read the value of {key} ({exc})") from None
-    # YAML 1.1 reads 1e-4 as a string; a number is what anyone means.
+    # What YAML leaves a string but float() reads (inf, nan, 1e5 written as 1e5): a number is what anyone means.
     if isinstance(value, str):
         try:
             value = float(value)
@@ -260,6 +265,9 @@ def _check_ranges(config: dict, where: str) -> None:
 
 def _check_consistent(config: dict, where: str) -> None:
     model, data, optim = config["model"], config["data"], config["optim"]
+    problem = metric_log.unavailable(config["run"])
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     if model.get("samplerate", 44100) != data["samplerate"]:
         raise ConfigError(f"{where}: model.samplerate {model.get('samplerate', 44100)} differs from "
                           f"data.samplerate {data['samplerate']}")

@@ -10,13 +10,15 @@ import base64
 import html
 import re
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_path
 
+if TYPE_CHECKING:  # matplotlib is the [report] extra: only figures need it
+    from matplotlib.figure import Figure
 
-def save_figure(fig: Figure, path: Path, dpi: int = 90) -> Path:
+
+def save_figure(fig: "Figure", path: Path, dpi: int = 90) -> Path:
     """A PNG written atomically; returns its path."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

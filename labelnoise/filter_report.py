@@ -21,13 +21,16 @@ clean / labelled clean. Stems without a label take no part in the figures.
 from __future__ import annotations
 
 import csv
+import importlib.util
+import logging
 import math
 from collections import defaultdict
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from .atomic import atomic_path, write_text
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
 MARGINS_PNG = "margins.png"
@@ -145,7 +148,7 @@ def _db(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _save(fig: Figure, path) -> None:
+def _save(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
@@ -153,6 +156,7 @@ def _save(fig: Figure, path) -> None:
 def _grid(n: int, width: float = 5.0, height: float = 3.4):
     cols = min(n, 2) if n <= 4 else 3
     rows = math.ceil(n / cols)
+    from matplotlib.figure import Figure  # the [report] extra; write_report checks it is there
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
 
@@ -265,8 +269,16 @@ def write_report(sel) -> None:
     """report.md, margins.png, margins.csv and (with labels) sweep.png in the selection's DEST."""
     sources = list(sel.counts)
     write_csv(sel.dest / MARGINS_CSV, sel.stems)
+    if importlib.util.find_spec("matplotlib") is None:
+        log.info("matplotlib is not installed (pip install 'mdx-labelnoise[report]'): %s has no figures",
+                 sel.dest / REPORT_FILE)
+    else:
+        _plot(sel, sources)
+    write_text(sel.dest / REPORT_FILE, report_text(sel))
+
+
+def _plot(sel, sources) -> None:
     plot_margins(sel.dest / MARGINS_PNG, sel.stems, sources, sel.thresholds, sel.threshold_rules,
                  sel.rule.describe())
     if sel.metrics is not None:
         plot_sweep(sel.dest / SWEEP_PNG, [st for st in sel.stems if st.label is not None], sources, sel.thresholds)
-    write_text(sel.dest / REPORT_FILE, report_text(sel))

@@ -41,7 +41,7 @@ def apply(model: nn.Module, mix: torch.Tensor, *, segment: float | None = None,
           overlap: float = 0.25, shifts: int = 0, batch_size: int | None = None,
           device: str | torch.device | None = None, progress: bool = False,
           precision: str = "float32", mode: str = "overlap",
-          rng: random.Random | None = None) -> torch.Tensor:
+          rng: random.Random | None = None, standardize: bool = False) -> torch.Tensor:
     """Separate ``mix`` ``(C, T)`` or ``(B, C, T)`` into ``(S, C, T)`` / ``(B, S, C, T)``.
 
     ``segment`` (seconds) overrides the model's (a bag's own ``segment:`` comes
@@ -49,6 +49,9 @@ def apply(model: nn.Module, mix: torch.Tensor, *, segment: float | None = None,
     ``rng`` draws the shift offsets (``None``: the ``random`` module, so
     ``random.seed(n)`` makes a run repeatable, as with ``apply_model``).
     ``precision="bf16"`` runs the models under bf16 autocast (meant for CUDA).
+    ``standardize`` separates ``(mix - mean) / std`` of the mono mix over the
+    whole track and scales the estimates back, as the demucs CLI does (plain
+    mode always does).
     ``batch_size`` chunks go through the model at once; by default 1 on CPU
     (bigger batches measured no faster there) and 4 elsewhere.
     Every model is moved to ``device`` (default: the input's) and run in eval
@@ -92,7 +95,7 @@ def apply(model: nn.Module, mix: torch.Tensor, *, segment: float | None = None,
     offsets = [[rng.randint(0, max_shift) for _ in range(shifts)] for _ in members]
     runner = _Runner(device, batch_size, precision)
 
-    if mode == "plain":
+    if mode == "plain" or standardize:
         mix, mean, std = _normalise(mix)
     total = sum(_count_forwards(m, mix.shape[-1], segment, overlap, offs, max_shift, mode)
                 for (m, _), offs in zip(members, offsets))
@@ -120,7 +123,7 @@ def apply(model: nn.Module, mix: torch.Tensor, *, segment: float | None = None,
             total = total + w
             del out
     estimate = weighted / total if members[0][1] is not None else weighted
-    if mode == "plain":
+    if mode == "plain" or standardize:
         estimate = estimate * std[:, None] + mean[:, None]
     return estimate[0] if unbatched else estimate
 

@@ -43,24 +43,34 @@ def _as_float64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def summarize(scores: Mapping[str, Mapping[str, float]], sources: Sequence[str]) -> dict:
-    """Summaries of ``{track: {source: sdr}}``.
+def summarize(scores: Mapping[str, Mapping[str, float | None]], sources: Sequence[str]) -> dict:
+    """Summaries of ``{track: {source: score}}``.
 
     Returns ``{"tracks": n, "mean": m, "median": md, "per_source": {source:
     {"mean", "median"}}}`` where ``mean``/``median`` are over the tracks'
-    source-mean scores.
+    source-mean scores. A score may be ``None`` (undefined: cSDR of a track
+    without a non-silent frame); summaries skip it (``None`` when nothing is
+    left) and ``undefined`` counts the tracks without a mean.
     """
     if not scores:
         raise ValueError("no tracks to summarize")
     track_means = [track_mean(s, sources) for s in scores.values()]
-    per_source = {}
-    for source in sources:
-        values = [s[source] for s in scores.values()]
-        per_source[source] = {"mean": statistics.fmean(values), "median": statistics.median(values)}
-    return {"tracks": len(scores), "mean": statistics.fmean(track_means),
-            "median": statistics.median(track_means), "per_source": per_source}
+    per_source = {source: _stats([s[source] for s in scores.values()]) for source in sources}
+    out = {"tracks": len(scores), **_stats(track_means), "per_source": per_source}
+    undefined = sum(m is None for m in track_means)
+    if undefined:
+        out["undefined"] = undefined
+    return out
 
 
-def track_mean(track_scores: Mapping[str, float], sources: Sequence[str]) -> float:
-    """A track's score: the mean SDR over ``sources``."""
-    return statistics.fmean(track_scores[s] for s in sources)
+def _stats(values) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "median": None}
+    return {"mean": statistics.fmean(values), "median": statistics.median(values)}
+
+
+def track_mean(track_scores: Mapping[str, float | None], sources: Sequence[str]) -> float | None:
+    """A track's score: the mean over ``sources`` (``None`` if one is undefined)."""
+    values = [track_scores[s] for s in sources]
+    return None if any(v is None for v in values) else statistics.fmean(values)

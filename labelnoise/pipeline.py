@@ -455,8 +455,10 @@ def main(argv=None) -> int:
         if args.command == "bag":
             from .final_bag import build
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+            from .model_card import write_card
             print(build(args.runs, selection_dir=args.selection, data=args.data, valid=args.valid,
                         device=args.device or runner_device()))
+            print(write_card(args.runs))
             return 0
         if args.nproc < 1:
             raise PipelineError(f"--nproc {args.nproc}: must be >= 1")

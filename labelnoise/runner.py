@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import SOURCES
 from .atomic import write_json
-from .pipeline import BAG_SOURCES, PipelineError, Layout, Stage, layout_json, runner_device
+from .pipeline import BAG_FILE, BAG_SOURCES, PipelineError, Layout, Stage, layout_json, runner_device
 from .scoring import BAG_EVAL_FILE, EVAL_FILE, TestSet
 
 MANIFEST = "pipeline.json"
@@ -337,6 +337,10 @@ def run(jobs: list[Job], layout: Layout, *, test: str | Path | None = None, devi
         say(f"{head}  finished in {clock_text(seconds)}{scores}")
     timings[label] = round(time.monotonic() - started, 1)
     write_manifest()
+    if (runs / BAG_FILE).is_file():
+        # Again now that the bag's test scores and the manifest's timings exist.
+        from .model_card import write_card
+        say(f"model card: {write_card(runs)}")
     if report:
         from .report import write_report
         md, page = write_report(runs)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .atomic import write_json
+from .bag import member_path
 from .yamlio import read_mapping
 
 EVAL_FILE = "test_sdr.json"
@@ -27,7 +28,7 @@ def _stamp(paths: list[Path]) -> list[list]:
 def model_files(model: Path) -> list[Path]:
     """The files a model or bag is read from (a cached score is stale when one of them changed)."""
     if model.suffix in (".yaml", ".yml"):
-        return [model] + [(model.parent / m).resolve() for m in read_mapping(model).get("models", [])]
+        return [model] + [member_path(model, m) for m in read_mapping(model).get("models", [])]
     return [model]
 
 

@@ -160,12 +160,14 @@ class Selection:
         }
 
 
-def settings_of(sfx: str, rule: Rule, outputs: Path, data: Path, holdout: int = 0) -> dict:
+def settings_of(sfx: str, rule: Rule, outputs: Path, data: Path, holdout: int | str = 0) -> dict:
     """What must match for a re-run to reuse a destination."""
     out = {"suffix": sfx, "rule": rule.name, "value": rule.value,
            "outputs": str(Path(outputs).resolve()), "data": str(Path(data).resolve())}
-    if holdout:
-        out["holdout"] = holdout
+    # One spelling per choice: 2 and "2" alike, none held out recorded as no key (as before the option).
+    spec = str(holdout).strip().lower()
+    if spec not in ("", "0"):
+        out["holdout"] = spec if spec == "auto" else int(spec)
     return out
 
 

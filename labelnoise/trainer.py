@@ -53,7 +53,7 @@ from .progress import bar as progress_bar
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
+from . import distributed, metric_log
 from .atomic import write_text
 from .audio import AudioError
 from .augment import FlipChannels, FlipSign, Remix, Scale, Shift, build_repitch
@@ -416,6 +416,7 @@ class Trainer:
         with naming(path), open(path, "a") as f:
             f.write(line)
         self.metrics_bytes += len(line.encode())
+        metric_log.mirror(self.cfg, self.dir, record)  # TensorBoard / W&B when run.tensorboard / run.wandb
 
     def _trim_metrics(self) -> None:
         path = self.dir / "metrics.jsonl"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.spec
+from labelnoise.model import spec as model_spec
 from labelnoise.config import build_model, load_config
 from labelnoise.filtering import run_filter
 from labelnoise.synth import generate
@@ -45,13 +45,13 @@ class Spy:
     def __init__(self, monkeypatch):
         self.spectral, self.conv, self.loss = [], [], []
         for name in ("stft", "istft"):
-            original = getattr(model.spec, name)
+            original = getattr(model_spec, name)
 
             def wrapped(z, *args, _original=original, _name=name, **kwargs):
                 out = _original(z, *args, **kwargs)
                 self.spectral.append((_name, z.dtype, out.dtype, torch.is_autocast_enabled(z.device.type)))
                 return out
-            monkeypatch.setattr(model.spec, name, wrapped)
+            monkeypatch.setattr(model_spec, name, wrapped)
 
     def watch(self, network: torch.nn.Module):
         """Record the first conv's output dtype; returns the hook's handle."""

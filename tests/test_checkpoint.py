@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from labelnoise.checkpoint import CheckpointError, export_demucs, load_model, model_config, save_model
-from model import HTDemucs
+from labelnoise.model import HTDemucs
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 SMALL = dict(sources=SOURCES, channels=8, depth=2, nfft=512, t_layers=1, t_heads=2, bottom_channels=0,

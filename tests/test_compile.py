@@ -17,7 +17,7 @@ import torch._dynamo
 import torch._inductor.config
 from torch._dynamo.utils import counters
 
-import model.spec
+from labelnoise.model import spec as model_spec
 from labelnoise.config import load_config
 from labelnoise.synth import generate
 from labelnoise.trainer import EXIT_PREEMPTED, Trainer, TrainingError
@@ -44,12 +44,12 @@ def one_step(root: Path, synth: Path, monkeypatch, *extra: str) -> dict:
     cfg = load_config(STEP1, [f"run.root={root}", f"data.root={synth}", *SMALLEST, *extra])
     seen = {"spectral_compiled": []}
     for name in ("stft", "istft"):
-        original = getattr(model.spec, name)
+        original = getattr(model_spec, name)
 
         def wrapped(*args, _original=original, **kwargs):
             seen["spectral_compiled"].append(torch.compiler.is_compiling())
             return _original(*args, **kwargs)
-        monkeypatch.setattr(model.spec, name, wrapped)
+        monkeypatch.setattr(model_spec, name, wrapped)
     trainer = Trainer(cfg)
 
     def keep_estimate(module, inputs, out):  # returns None: the output goes on unchanged

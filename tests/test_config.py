@@ -96,6 +96,22 @@ def test_unknown_key_in_a_stage_file_names_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_scientific_notation_is_a_float_in_every_yaml(tmp_path):
+    # PyYAML alone (YAML 1.1) reads 1e-4 as the string "1e-4"; users write floats that way.
+    assert yaml.safe_load("lr: 1e-4")["lr"] == "1e-4"
+    (tmp_path / "base.yaml").write_text((CONFIGS / "base.yaml").read_text())
+    (tmp_path / "mine.yaml").write_text("extends: base.yaml\noptim:\n  lr: 1e-4\n  weight_decay: 5E-6\n"
+                                        "  betas: [9e-1, 0.999]\n")
+    cfg = load_config(tmp_path / "mine.yaml", ["optim.clip_grad=2e0"])
+    assert cfg["optim"]["lr"] == 1e-4 and cfg["optim"]["weight_decay"] == 5e-6
+    assert cfg["optim"]["betas"] == [0.9, 0.999] and cfg["optim"]["clip_grad"] == 2.0
+    # The other readers: bags, model configs.
+    from labelnoise.yamlio import load, read_mapping
+    (tmp_path / "bag.yaml").write_text("models: [a.th]\nsegment: 1e1\n")
+    assert read_mapping(tmp_path / "bag.yaml")["segment"] == 10.0
+    assert load("x: 1_000") == {"x": 1000} and load("x: 1e") == {"x": "1e"} and load("x: .5") == {"x": 0.5}
+
+
 def test_run_paths_and_saved_config_round_trip(tmp_path):
     cfg = load_config(CONFIGS / "tiny" / "step2.yaml", [f"run.root={tmp_path}"])
     assert run_path(cfg, cfg["run"]["init_from"]) == tmp_path / "step1"

@@ -22,7 +22,7 @@ def demucs_model(seed=0, **overrides):
 
 def our_copy(reference, **config):
     """Our HTDemucs built with ``config``, holding the weights of a demucs one."""
-    from model.htdemucs import HTDemucs
+    from labelnoise.model.htdemucs import HTDemucs
     model = HTDemucs(list(SOURCES), **config)
     model.load_state_dict(reference.state_dict())
     return model.eval()
@@ -198,7 +198,7 @@ def test_load_bag_yaml(tmp_path):
 
 def test_load_bag_with_real_checkpoints(tmp_path):
     checkpoint = pytest.importorskip("labelnoise.checkpoint")
-    from model.htdemucs import HTDemucs
+    from labelnoise.model.htdemucs import HTDemucs
     if not hasattr(HTDemucs(list(SOURCES), **SMALL), "init_kwargs"):
         pytest.skip("model.htdemucs.HTDemucs does not record init_kwargs yet (save_model needs it)")
     for i, name in enumerate(("x.th", "y.th")):

@@ -14,7 +14,7 @@ from labelnoise.config import build_model, load_config
 from labelnoise.inference import apply
 from labelnoise.synth import generate
 from labelnoise.trainer import EXIT_DONE
-from model import MaskNet
+from labelnoise.model import MaskNet
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SOURCES = ["drums", "bass", "other", "vocals"]

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from labelnoise import SOURCES
-from model import HTDemucs
-from model.spec import inverse_spectrogram, spectrogram
-from model.transformer import sin_embedding, sin_embedding_2d
+from labelnoise.model import HTDemucs
+from labelnoise.model.spec import inverse_spectrogram, spectrogram
+from labelnoise.model.transformer import sin_embedding, sin_embedding_2d
 
 demucs_htdemucs = pytest.importorskip("demucs.htdemucs")
 Reference = demucs_htdemucs.HTDemucs

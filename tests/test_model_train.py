@@ -7,8 +7,8 @@ from fractions import Fraction
 import torch
 
 from labelnoise import SOURCES
-from model import HTDemucs
-from model.htdemucs import HTDemucs as DirectImport
+from labelnoise.model import HTDemucs
+from labelnoise.model.htdemucs import HTDemucs as DirectImport
 
 SMALL = dict(channels=8, depth=3, nfft=1024, t_layers=2, t_heads=4)
 SR = 44100
