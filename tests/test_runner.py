@@ -106,6 +106,12 @@ def test_the_bag_chose_each_source_on_the_held_out_tracks(full_run):
             assert choice["why"].startswith(f"best on the held-out tracks: {max(scores.values()):.2f} dB")
         assert rows[source][0] == f"**{choice['model']}**" and rows[source][-2] == choice["why"]
     assert f"{choice['model']}/model.th" in bag["models"]
+    # The model card beside the bag: its choices and the bag's test score, as the files hold them.
+    card = (runs / "final.md").read_text()
+    final = json.loads((runs / "final_test_sdr.json").read_text())
+    assert f"challenge SDR {final['summary']['mean']:.2f} dB mean" in card
+    for source in pipeline.BAG_CANDIDATES:
+        assert bag["choices"][source]["why"] in card
 
 
 def test_a_rerun_skips_everything_and_the_report_reads_the_folder(full_run):
