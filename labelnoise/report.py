@@ -299,7 +299,7 @@ def _sdr_table(doc: Doc, facts: Facts, files: Path) -> None:
         delta = "" if base is None else f"{sc['mean'] - base['summary']['mean']:+.2f}"
         rows.append([stage_label(st), _what(st), *cells, f"{sc['mean']:.2f}", delta])
     doc.p("Challenge SDR in dB, mean over the test tracks (a fine-tune's own source in bold: the one the final "
-          "bag takes from it). Last column: mean SDR minus the baseline's (plain L1 on the same noisy data, "
+          "bag may take from it, see its choice below). Last column: mean SDR minus the baseline's (plain L1 on the same noisy data, "
           "the budget of steps 1-3).")
     doc.table(["stage", "model", *SOURCES, "mean", "vs baseline"], rows, "ll" + "r" * (len(SOURCES) + 2))
     doc.image(plot_sdr(facts, files / "sdr.png"), "mean test SDR per stage")
