@@ -5,7 +5,8 @@ address); plain ``python`` sets none of them and gives one process without a
 process group, so the same script runs both ways. NCCL on CUDA, gloo on CPU.
 Under torchrun a process group is made even for one process, so
 ``torchrun --nproc_per_node=1`` runs DDP and the collectives of a real job
-(on one GPU: NCCL).
+(on one GPU: NCCL). Also the log format every script of a job shares
+(``setup_logging(env_rank())``): one line per message, tagged with the rank.
 """
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 under plain ``python``), before any process group."""
+    return _env_int("RANK", 0)
+
+
+def setup_logging(rank: int) -> None:
+    """INFO from rank 0, only warnings and errors from the others; each line names its rank."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
 
 
 def setup(device: str | None = None) -> DistInfo:

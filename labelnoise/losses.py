@@ -15,9 +15,11 @@ Choices beyond the original:
 - ``trunc_by="relative"`` ranks entries by their loss divided by the target's
   mean absolute level, so quiet stems are not kept merely for being quiet
   (with Scale augmentation, absolute L1 ranks items by loudness).
-- ``scope="global"`` takes the quantile over the scores gathered from every
-  DDP rank, so C means the same with 2 items or 32; ``scope="running"`` over
-  the last ``window`` scores per source (loss truncation's original variant).
+- ``trunc_scope="global"`` takes the quantile over the scores gathered from
+  every DDP rank, so C means the same with 2 items or 32; ``"running"`` over the
+  last ``trunc_window`` scores per source (loss truncation's original variant).
+
+The keywords are the config's ``optim`` keys: ``ReconstructionLoss.from_config(cfg["optim"])``.
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-LOSSES = ("l1", "mse", "l1_trunc", "mse_trunc")
+KINDS = ("l1", "mse")  # the per-entry loss; a ``_trunc`` suffix adds truncation
+LOSSES = (*KINDS, *(f"{kind}_trunc" for kind in KINDS))
+# The config's optim keys that are this loss's keywords, under the same names.
+CONFIG_KEYS = ("loss", "trunc_ratio", "weights", "trunc_scope", "trunc_by", "trunc_window")
 SCOPES = ("local", "global", "running")
 TRUNC_BY = ("absolute", "relative")
 # Keeps relative scores finite for silent targets (their score is then the loss itself x 1e8).
@@ -45,6 +50,8 @@ def entry_losses(estimate: torch.Tensor, sources: torch.Tensor, kind: str = "l1"
     """Loss per (item, source): mean over every dim after the first two -> (B, S)."""
     if estimate.shape != sources.shape:
         raise ValueError(f"estimate {tuple(estimate.shape)} and sources {tuple(sources.shape)} differ in shape")
+    if kind not in KINDS:
+        raise ValueError(f"loss kind {kind!r} is not one of {KINDS}")
     diff = estimate.float() - sources.float()
     per_sample = diff.abs() if kind == "l1" else diff.square()
     return per_sample.flatten(2).mean(-1)
@@ -64,14 +71,14 @@ def _gather(scores: torch.Tensor) -> torch.Tensor:
 
 
 class ReconstructionLoss:
-    """The training loss of every stage; holds the running window when ``scope="running"``."""
+    """The training loss of every stage; holds the running window when ``trunc_scope="running"``."""
 
-    def __init__(self, loss: str = "l1", trunc_ratio: float = 0.7, weights=None, scope: str = "local",
-                 trunc_by: str = "absolute", window: int = 256):
+    def __init__(self, loss: str = "l1", trunc_ratio: float = 0.7, weights=None, trunc_scope: str = "local",
+                 trunc_by: str = "absolute", trunc_window: int = 256):
         if loss not in LOSSES:
             raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
-        if scope not in SCOPES:
-            raise ValueError(f"truncation scope {scope!r} is not one of {SCOPES}")
+        if trunc_scope not in SCOPES:
+            raise ValueError(f"truncation scope {trunc_scope!r} is not one of {SCOPES}")
         if trunc_by not in TRUNC_BY:
             raise ValueError(f"trunc_by {trunc_by!r} is not one of {TRUNC_BY}")
         if not 0.0 <= trunc_ratio <= 1.0:
@@ -80,10 +87,22 @@ class ReconstructionLoss:
         self.truncate = loss.endswith("_trunc")
         self.trunc_ratio = trunc_ratio
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-        self.scope = scope
+        self.scope = trunc_scope
         self.trunc_by = trunc_by
-        self.window = window
+        self.window = trunc_window
         self._history: torch.Tensor | None = None  # (<= window, S) past scores for scope="running"
+
+    @classmethod
+    def from_config(cls, optim: dict) -> "ReconstructionLoss":
+        """The loss a config's ``optim`` section describes (its keys are the keywords)."""
+        return cls(**{key: optim[key] for key in CONFIG_KEYS})
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the running window (None outside ``trunc_scope="running"``)."""
+        return {"history": self._history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._history = state["history"]
 
     def _scores(self, losses: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         if self.trunc_by == "absolute":
@@ -125,10 +144,10 @@ class ReconstructionLoss:
         return LossOutput(loss, per_source.detach(), keep.float().mean(0), keep)
 
 
-def reconstruction_loss(estimate, sources, loss="l1_trunc", trunc_ratio=0.7, weights=None, scope="local",
+def reconstruction_loss(estimate, sources, loss="l1_trunc", trunc_ratio=0.7, weights=None, trunc_scope="local",
                         trunc_by="absolute"):
     """Stateless form for the local and global scopes: returns (loss, kept fraction per source)."""
-    if scope == "running":
-        raise ValueError("scope='running' keeps a window across steps: use ReconstructionLoss")
-    out = ReconstructionLoss(loss, trunc_ratio, weights, scope, trunc_by)(estimate, sources)
+    if trunc_scope == "running":
+        raise ValueError("trunc_scope='running' keeps a window across steps: use ReconstructionLoss")
+    out = ReconstructionLoss(loss, trunc_ratio, weights, trunc_scope, trunc_by)(estimate, sources)
     return out.loss, out.kept

@@ -52,34 +52,49 @@ def comparison_text(label_a: str, label_b: str, c: dict | None) -> str:
 
 
 def noisy_shares(records: list[dict], config: dict) -> dict | None:
-    """Noisy stems among the entries truncation dropped and among those it kept, over a run's steps."""
+    """Noisy stems among the entries truncation dropped and among those it kept, over a run's steps.
+
+    A step record counts its entries (``noisy_entries``, summed over micro-batches and ranks). Records
+    written before the counts were kept hold only shares and kept fractions; their counts are rebuilt
+    from the config's batch size (the entries of one rank).
+    """
     items = config["optim"]["batch_size"] * config["optim"]["accumulate"]
     totals = np.zeros(4)  # noisy dropped, dropped, noisy kept, kept
     for r in records:
-        share = r.get("noisy_share")
-        if r.get("kind") != "step" or r.get("skipped") or share is None:
+        if r.get("kind") != "step" or r.get("skipped") or r.get("noisy_share") is None:
             continue
-        kept = items * sum(r["kept"].values())
-        dropped = items * len(r["kept"]) - kept
-        if share["dropped"] is not None:
-            totals[0] += share["dropped"] * dropped
-            totals[1] += dropped
-        if share["kept"] is not None:
-            totals[2] += share["kept"] * kept
-            totals[3] += kept
+        totals += _entry_counts(r, items)
     if totals[1] == 0 or totals[3] == 0:
         return None
-    dropped, kept = totals[0] / totals[1], totals[2] / totals[3]
-    return {"dropped": float(dropped), "kept": float(kept), "ratio": float(dropped / kept) if kept else None,
-            "kept_fraction": float(totals[3] / (totals[1] + totals[3])), "entries": float(totals[1] + totals[3]),
-            "totals": totals.tolist()}
+    return _shares(totals)
+
+
+def _entry_counts(record: dict, items: int) -> np.ndarray:
+    """(noisy dropped, dropped, noisy kept, kept) entries of one step record."""
+    counts = record.get("noisy_entries")
+    if counts is not None:
+        return np.array([counts["noisy_dropped"], counts["dropped"], counts["noisy_kept"], counts["kept"]], float)
+    share = record["noisy_share"]
+    kept = items * sum(record["kept"].values())
+    dropped = items * len(record["kept"]) - kept
+    out = np.zeros(4)
+    if share["dropped"] is not None:
+        out[:2] = share["dropped"] * dropped, dropped
+    if share["kept"] is not None:
+        out[2:] = share["kept"] * kept, kept
+    return out
 
 
 def combined_shares(parts: list[dict]) -> dict | None:
+    """The shares of several runs' :func:`noisy_shares` pooled (by their entry counts)."""
     parts = [p for p in parts if p is not None]
     if not parts:
         return None
-    t = np.sum([p["totals"] for p in parts], axis=0)
+    return _shares(np.sum([p["totals"] for p in parts], axis=0))
+
+
+def _shares(t: np.ndarray) -> dict:
+    """The shares of entry counts (noisy dropped, dropped, noisy kept, kept)."""
     dropped, kept = t[0] / t[1], t[2] / t[3]
     return {"dropped": float(dropped), "kept": float(kept), "ratio": float(dropped / kept) if kept else None,
             "kept_fraction": float(t[3] / (t[1] + t[3])), "entries": float(t[1] + t[3]), "totals": t.tolist()}

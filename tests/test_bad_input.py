@@ -711,7 +711,7 @@ def test_two_trainers_on_one_run_dir(work, good, env):
     args = train_args(work, good, "twice")
     go = work / "twice_go"
     # The first trainer holds the lock, then waits (in restore) until the second has tried.
-    first = subprocess.Popen(driven("labelnoise.trainer", "Trainer.restore", 1, f"wait={go}", *args), cwd=ROOT,
+    first = subprocess.Popen(driven("labelnoise.run_state", "RunState.restore", 1, f"wait={go}", *args), cwd=ROOT,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = work / "runs" / "twice" / "lock"
     deadline = time.monotonic() + 240

@@ -1,10 +1,16 @@
-"""Loss truncation: the REFERENCE.md formula, ties, weights, relative ranking, global and running scopes."""
+"""Loss truncation: the REFERENCE.md formula, ties, weights, relative ranking, global and running scopes;
+the config hands its keys over as keywords, and the running window goes through state_dict()."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from labelnoise.losses import ReconstructionLoss, entry_losses, reconstruction_loss
+from labelnoise.config import load_config
+from labelnoise.losses import CONFIG_KEYS, ReconstructionLoss, entry_losses, reconstruction_loss
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def batch(b=4, s=4, seed=0):
@@ -75,7 +81,7 @@ def test_relative_ranking_drops_the_poor_fit_not_the_loud_item():
 
 
 def test_running_scope_uses_past_scores():
-    loss = ReconstructionLoss("l1_trunc", 0.5, scope="running", window=8)
+    loss = ReconstructionLoss("l1_trunc", 0.5, trunc_scope="running", trunc_window=8)
     small = torch.zeros(4, 1, 1, 4)
     loss(small + 0.1, small)  # a window of low losses
     out = loss(small + torch.tensor([0.2, 0.3, 0.4, 0.5]).view(4, 1, 1, 1), small)
@@ -85,12 +91,42 @@ def test_running_scope_uses_past_scores():
     assert fresh.keep.sum().item() == 2
 
 
+def test_the_running_window_travels_through_state_dict():
+    small = torch.zeros(4, 1, 1, 4)
+    rising = small + torch.tensor([0.2, 0.3, 0.4, 0.5]).view(4, 1, 1, 1)
+    loss = ReconstructionLoss("l1_trunc", 0.5, trunc_scope="running", trunc_window=8)
+    loss(small + 0.1, small)
+    resumed = ReconstructionLoss("l1_trunc", 0.5, trunc_scope="running", trunc_window=8)
+    resumed.load_state_dict(loss.state_dict())
+    assert resumed(rising, small).keep.sum().item() == 0  # as the uninterrupted loss: the window came along
+    assert ReconstructionLoss("l1_trunc", 0.5).state_dict() == {"history": None}
+
+
+def test_config_keys_are_the_keywords():
+    optim = load_config(ROOT / "configs" / "tiny" / "step1.yaml", ["optim.trunc_scope=running", "optim.trunc_window=8",
+                                                                   "optim.trunc_by=relative", "optim.loss=mse_trunc",
+                                                                   "optim.trunc_ratio=0.5"])["optim"]
+    assert set(CONFIG_KEYS) <= set(optim)
+    loss = ReconstructionLoss.from_config(optim)
+    assert (loss.kind, loss.truncate, loss.trunc_ratio, loss.scope, loss.trunc_by, loss.window) == (
+        "mse", True, 0.5, "running", "relative", 8)
+    assert loss.weights.tolist() == [float(w) for w in optim["weights"]]
+
+
+@pytest.mark.parametrize("make", [lambda e, s: entry_losses(e, s, "huber"),
+                                  lambda e, s: ReconstructionLoss("huber_trunc")(e, s)])
+def test_an_unknown_loss_kind_is_an_error(make):
+    estimate, sources = batch()
+    with pytest.raises(ValueError, match="is not one of"):
+        make(estimate, sources)
+
+
 def _global_worker(rank, world, init_file, estimate, sources, queue):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     half = estimate.shape[0] // world
     sl = slice(rank * half, (rank + 1) * half)
     estimate = estimate[sl].clone().requires_grad_()
-    out = ReconstructionLoss("l1_trunc", 0.5, scope="global")(estimate, sources[sl])
+    out = ReconstructionLoss("l1_trunc", 0.5, trunc_scope="global")(estimate, sources[sl])
     out.loss.backward()
     # numpy arrays travel by value: tensors would be shared memory the exiting worker may tear down first.
     queue.put((rank, out.keep.numpy(), estimate.grad.numpy()))

@@ -18,6 +18,7 @@ import torch
 import train as train_cli
 from labelnoise.checkpoint import load_model
 from labelnoise.config import load_config
+from labelnoise.report_stats import noisy_shares
 from labelnoise.synth import generate
 from labelnoise.trainer import EXIT_DONE, EXIT_PREEMPTED, Trainer, TrainingError
 
@@ -110,17 +111,38 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, synth):
     assert steps == list(range(1, 9))
 
 
+def test_a_checkpoint_of_the_earlier_layout_resumes_to_the_same_weights(tmp_path, synth):
+    # Earlier checkpoints held each rank's running-truncation window as "loss_history" (before the
+    # loss had its own state_dict()), and no good_steps, start_step or EMA entries.
+    extra = ("optim.batch_size=2", "optim.accumulate=2", "data.items_per_epoch=16", "optim.epochs=2",
+             "augment.remix.group_size=2", "optim.trunc_scope=running", "optim.trunc_window=8")
+    assert _run(load_config(STEP1, overrides(tmp_path / "whole", synth, *extra))) == EXIT_DONE
+    parts = load_config(STEP1, overrides(tmp_path / "parts", synth, *extra))
+    assert _run(parts, stop_after=5) == EXIT_PREEMPTED
+    path = tmp_path / "parts" / "step1" / "checkpoint.th"
+    state = torch.load(path, weights_only=True)
+    for rank in state["ranks"]:
+        rank["loss_history"] = rank.pop("loss")["history"]
+        assert rank["loss_history"].shape == (8, 4)  # a full window, which the resumed steps need
+    for key in ("good_steps", "start_step", "ema"):
+        del state[key]
+    torch.save(state, path)
+    assert _run(parts) == EXIT_DONE
+    assert_same_weights(weights(tmp_path / "whole" / "step1" / "model.th"),
+                        weights(tmp_path / "parts" / "step1" / "model.th"))
+
+
 def test_step2_starts_from_step1_weights_by_path(tmp_path, synth):
     args = overrides(tmp_path, synth, "optim.epochs=1")
     step2 = load_config(STEP2, args)
     assert step2["run"]["init_from"] == "step1"
     with pytest.raises(TrainingError, match="init_from"):
-        Trainer(step2).restore()  # step1 has not run yet
+        Trainer(step2).state.restore()  # step1 has not run yet
     assert _run(load_config(STEP1, args)) == EXIT_DONE
     trainer = Trainer(step2)
-    assert trainer.restore().startswith("init_from")
+    assert trainer.state.restore().startswith("init_from")
     assert_same_weights(weights(tmp_path / "step1" / "model.th"), trainer.model.state_dict())
-    assert trainer.epoch == 0 and trainer.step == 0  # weights only
+    assert trainer.progress.epoch == 0 and trainer.progress.step == 0  # weights only
     assert not trainer.optimizer.state
 
 
@@ -129,12 +151,12 @@ def test_resume_from_takes_weights_optimizer_and_epoch(tmp_path, synth):
     ft = load_config(STEP1, [*args, "run.name=ft", "run.resume_from=step1", "optim.epochs=3", "optim.lr=1e-4"])
     assert _run(load_config(STEP1, [*args, "optim.epochs=2"]), stop_after=1) == EXIT_PREEMPTED
     with pytest.raises(TrainingError, match="has not finished"):
-        Trainer(ft).restore()  # a fine-tune continues a finished run only
+        Trainer(ft).state.restore()  # a fine-tune continues a finished run only
     assert _run(load_config(STEP1, [*args, "optim.epochs=2"])) == EXIT_DONE
     trainer = Trainer(ft)
-    assert trainer.restore().startswith("resume_from")
+    assert trainer.state.restore().startswith("resume_from")
     source = torch.load(tmp_path / "step1" / "checkpoint.th", weights_only=True)
-    assert (trainer.epoch, trainer.step) == (2, 6)
+    assert (trainer.progress.epoch, trainer.progress.step) == (2, 6)
     assert trainer.optimizer.param_groups[0]["lr"] == 1e-4  # the config's, not the old run's
     saved = source["optimizer"]["state"]
     for i, state in trainer.optimizer.state_dict()["state"].items():
@@ -155,6 +177,17 @@ def test_noisy_share_of_dropped_and_kept_stems(tmp_path, synth):
     assert 0 < noisy < 1
     share = epoch["noisy_share"]
     assert 0.25 * share["dropped"] + 0.75 * share["kept"] == pytest.approx(noisy)
+    # The counts behind the shares: 12 items x 4 stems, a quarter of them dropped.
+    counts = epoch["noisy_entries"]
+    assert (counts["dropped"], counts["kept"]) == (12, 36)
+    assert counts["noisy_dropped"] + counts["noisy_kept"] == round(noisy * 48)
+    assert share == {"dropped": counts["noisy_dropped"] / 12, "kept": counts["noisy_kept"] / 36}
+    # A report pools the steps' counts; records without counts (older runs) give the same shares.
+    records = metrics(tmp_path / "step1")
+    pooled = noisy_shares(records, cfg)
+    assert pooled["totals"] == [counts["noisy_dropped"], 12, counts["noisy_kept"], 36]
+    legacy = noisy_shares([{k: v for k, v in r.items() if k != "noisy_entries"} for r in records], cfg)
+    assert legacy["totals"] == pytest.approx(pooled["totals"])
 
 
 def test_validation_keeps_best_and_ema_is_written(tmp_path, synth):
@@ -191,9 +224,9 @@ def test_part2_joint_then_a_finetune_continues_its_optimizer_and_epochs(tmp_path
     vocals = load_config(VOCALS, args)
     assert vocals["run"]["resume_from"] == "joint360" and vocals["optim"]["weights"] == [0, 0, 0, 1]
     trainer = Trainer(vocals)
-    assert trainer.restore().startswith("resume_from")
+    assert trainer.state.restore().startswith("resume_from")
     joint = torch.load(tmp_path / "joint360" / "checkpoint.th", weights_only=True)
-    assert (trainer.epoch, trainer.step) == (joint["epoch"], joint["step"]) == (2, 4)
+    assert (trainer.progress.epoch, trainer.progress.step) == (joint["epoch"], joint["step"]) == (2, 4)
     for i, state in trainer.optimizer.state_dict()["state"].items():
         assert torch.equal(state["exp_avg_sq"], joint["optimizer"]["state"][i]["exp_avg_sq"])
     assert _run(vocals) == EXIT_DONE
@@ -221,7 +254,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, synth):
     assert trainer.run() == EXIT_DONE
     steps = [m for m in metrics(tmp_path / "step1") if m["kind"] == "step"]
     assert [m["skipped"] for m in steps] == [False, True, False]
-    assert steps[-1]["bad_steps"] == 1 and trainer.bad_steps == 1
+    assert steps[-1]["bad_steps"] == 1 and trainer.progress.bad_steps == 1
 
     cfg = load_config(STEP1, overrides(tmp_path / "inf", synth, "optim.epochs=1", "train.max_bad_steps=2"))
     trainer = Trainer(cfg)

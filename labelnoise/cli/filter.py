@@ -51,7 +51,6 @@ from labelnoise.bag import BagError, load_model_or_bag
 from labelnoise.errors import command_line
 from labelnoise.filtering import FilterError, default_out_dir, run_filter
 from labelnoise.inference import MODES, PRECISIONS
-from labelnoise.trainer import env_rank, setup_logging
 
 log = logging.getLogger("filter")
 
@@ -94,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @command_line(log)
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(env_rank())
+    distributed.setup_logging(distributed.env_rank())
     name = args.name or args.model.stem
     out = args.out or default_out_dir(name, args.key, args.speed)
     dist = distributed.setup(args.device)

@@ -42,8 +42,9 @@ import logging
 import sys
 
 from labelnoise.config import ConfigError, load_config
+from labelnoise.distributed import env_rank, setup_logging
 from labelnoise.errors import command_line
-from labelnoise.trainer import TrainingError, env_rank, setup_logging, train
+from labelnoise.trainer import TrainingError, train
 
 log = logging.getLogger("train")
 
