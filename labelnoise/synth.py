@@ -64,6 +64,7 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from .atomic import write_json
 from .audio import read_audio, write_audio
+from .files import LABELS_FILE, MIXTURE_FILE, SYNTH_FILE as PARAMS_FILE
 from .fluid import RenderUnavailable
 from .noise import NOISE_KINDS, draw_noise, kind_weights, noisy_track, parse_kinds, rms
 
@@ -75,8 +76,6 @@ log = logging.getLogger(__name__)
 RENDERS = ("sine", "sampled")
 # Kinds a backend cannot make: misgroup moves a recording, and the sine backend has one per stem.
 _UNAVAILABLE = {"sine": ("misgroup",), "sampled": ()}
-LABELS_FILE = "noise_labels.json"
-PARAMS_FILE = "synth.json"
 
 # Peak of every clean source; two of them summed (a silent stem's receiver,
 # a partial crossfade) stay below 1, so 16-bit stems never clip.
@@ -449,7 +448,7 @@ def generate(out_dir, *, tracks: int, seconds: float, noise_rate: float, seed: i
             mixture = mixture + read_audio(folder / f"{s}.wav", channels=None)
             if write_clean:
                 write_audio(out_dir / "clean" / names[i] / f"{s}.wav", clean[k], samplerate, float32=float32)
-        write_audio(folder / "mixture.wav", mixture, samplerate, float32=True)
+        write_audio(folder / MIXTURE_FILE, mixture, samplerate, float32=True)
         all_labels[names[i]] = labels
     write_json(out_dir / PARAMS_FILE, {
         "seed": seed, "seconds": seconds, "samplerate": samplerate, "noise_rate": noise_rate,
