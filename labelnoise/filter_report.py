@@ -30,14 +30,15 @@ import numpy as np
 
 from .atomic import atomic_path, write_text
 from .files import MARGINS_CSV, MARGINS_PNG, REPORT_MD, SWEEP_PNG, clean_stems_name
+from .noise import KINDS
 
 log = logging.getLogger(__name__)
 
-# The line between loud and quiet bleed: the filter should catch the former.
-BLEED_SPLIT_DB = -12.0
-# Noisy stems a filter that judges each stem alone cannot tell from clean ones: another song's stem of the
-# right source (a perfect separator puts it in its own slot), and bleed this far below the stem.
-BLIND_KINDS = ("other_song", f"bleed < {BLEED_SPLIT_DB:g} dB")
+# Noisy stems a filter that judges each stem alone cannot tell from clean ones (labelnoise.noise.KINDS):
+# the blind kinds, then those quieter than their line (bleed under -12 dB).
+BLIND_KINDS = (tuple(name for name, kind in KINDS.items() if kind.blind)
+               + tuple(f"{name} < {kind.blind_below_db:g} dB" for name, kind in KINDS.items()
+                       if kind.blind_below_db is not None))
 
 
 # ---------------------------------------------------------------- figures
@@ -59,8 +60,9 @@ def _kind_rows(stem) -> list[str]:
     kind = stem.kind
     rows = [kind]
     level = (stem.label or {}).get("level_db")
-    if kind == "bleed" and level is not None:
-        rows.append(f"bleed >= {BLEED_SPLIT_DB:g} dB" if level >= BLEED_SPLIT_DB else f"bleed < {BLEED_SPLIT_DB:g} dB")
+    split = KINDS[kind].blind_below_db if kind in KINDS else None
+    if split is not None and level is not None:
+        rows.append(f"{kind} >= {split:g} dB" if level >= split else f"{kind} < {split:g} dB")
     return rows
 
 
