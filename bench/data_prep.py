@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from labelnoise.data import PoolDataset, TrackDataset
+from labelnoise.files import METADATA_FILE
 from labelnoise.metadata import index_dataset
 from labelnoise.synth import generate, remove_generated
 
@@ -32,11 +33,11 @@ def main(argv=None) -> None:
     print(f"synth: {cpu / (args.tracks * args.seconds / 60):.3f} CPU s per track-minute (44.1 kHz, noise 0.3)")
 
     wall = time.perf_counter()
-    index_dataset(args.out, out=args.out / "metadata.json", progress=False)
+    index_dataset(args.out, out=args.out / METADATA_FILE, progress=False)
     wall = time.perf_counter() - wall
     print(f"index: {4 * args.tracks / wall:.1f} files/s ({args.seconds:.0f} s stems, default workers)")
     wall = time.perf_counter()
-    index_dataset(args.out, out=args.out / "metadata.json", progress=False)
+    index_dataset(args.out, out=args.out / METADATA_FILE, progress=False)
     print(f"index re-run (all reused): {(time.perf_counter() - wall) * 1e3:.1f} ms")
 
     for name, ds in (("track", TrackDataset(args.out, segment=11.0, stride=1.0)),

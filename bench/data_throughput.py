@@ -38,6 +38,7 @@ import torch
 
 from labelnoise.augment import RubberbandRepitch, VocoderRepitch, repitch_length
 from labelnoise.data import PoolDataset
+from labelnoise.files import METADATA_FILE
 from labelnoise.metadata import index_dataset
 from labelnoise.synth import generate, remove_generated
 from labelnoise.vocoder import repitch
@@ -143,10 +144,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)  # per core
     remove_generated(args.out)
     generate(args.out, tracks=args.tracks, seconds=args.seconds, noise_rate=0.3, seed=0, progress=False)
-    index_dataset(args.out, out=args.out / "metadata.json", progress=False)
+    index_dataset(args.out, out=args.out / METADATA_FILE, progress=False)
 
     def pool(transform=None):
-        return PoolDataset(args.out / "metadata.json", segment=11.0, samplerate=SR,
+        return PoolDataset(args.out / METADATA_FILE, segment=11.0, samplerate=SR,
                            items_per_epoch=args.items + 1, seed=0, item_transform=transform)
 
     print(f"Part 2 pool loader, 11 s items (4 stereo stems), repitch per stem proba {PART2['proba']}, "

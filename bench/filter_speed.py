@@ -47,7 +47,7 @@ from demucs.apply import apply_model  # noqa: E402  (benchmarks may import demuc
 from demucs.htdemucs import HTDemucs as DemucsHTDemucs  # noqa: E402
 
 from labelnoise import SOURCES  # noqa: E402
-from labelnoise import volumes as vol  # noqa: E402
+from labelnoise.silence import is_silent  # noqa: E402
 from labelnoise.audio import read_audio  # noqa: E402
 from labelnoise.evaluation import list_tracks  # noqa: E402
 from labelnoise.filtering import run_filter, shift_stem  # noqa: E402
@@ -89,7 +89,7 @@ def original_filter(data: Path, out: Path, model, rubberband: list[str] | None, 
                 wav = read_audio(path)
                 target = out / stem / folder.name
                 target.mkdir(parents=True, exist_ok=True)
-                if vol.is_silent(wav):
+                if is_silent(wav):
                     outputs = [wav] * len(SOURCES)
                 else:
                     if rubberband is None:

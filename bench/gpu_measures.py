@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import model_speed  # noqa: E402  (bench/, on the path above)
 
+from labelnoise.files import DONE_FILE, METRICS_FILE  # noqa: E402
 from labelnoise.synth import generate  # noqa: E402
 
 TINY = dict(channels=8, depth=2, nfft=512, t_layers=1, t_heads=2, dconv_comp=4)  # configs/tiny's network
@@ -178,8 +179,8 @@ def check_torchrun(sizes: dict, device, emit, time_left) -> None:
         if backend != expected:
             raise CheckError(f"torchrun ran with process group {backend}, expected {expected}:\n{done.stderr[-2000:]}")
         run = tmp / "runs" / Path(config).stem
-        steps = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "step"]
-        if not (run / "done").is_file() or not steps:
+        steps = [r for r in map(json.loads, (run / METRICS_FILE).read_text().splitlines()) if r["kind"] == "step"]
+        if not (run / DONE_FILE).is_file() or not steps:
             raise CheckError(f"torchrun finished without a finished run in {run}")
     memory = f", peak {max(r['gpu_mem_gb'] for r in steps):.1f} GiB" if "gpu_mem_gb" in steps[0] else ""
     emit("torchrun/run", f"torchrun --nproc_per_node=1 train.py {config}, one epoch ({backend})",

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from labelnoise.config import load_config
+from labelnoise.files import METRICS_FILE
 from labelnoise.synth import generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"train.py failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        lines = (tmp / "runs" / cfg["run"]["name"] / "metrics.jsonl").read_text().splitlines()
+        lines = (tmp / "runs" / cfg["run"]["name"] / METRICS_FILE).read_text().splitlines()
         steps = [r for r in map(json.loads, lines) if r.get("kind") == "step"][1:]
     rate = statistics.median(r["items_per_s"] for r in steps)
     wait = statistics.median(r["data_wait"] for r in steps)

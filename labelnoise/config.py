@@ -39,6 +39,8 @@ from .yamlio import load as load_yaml
 from .yamlio import read_mapping
 
 BASE_NAME = "base.yaml"
+# The schema and the defaults of every stage: this checkout's configs/base.yaml.
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / BASE_NAME
 # Sections whose keys are not fixed by base.yaml.
 FREE_SECTIONS = ("model",)
 # Keys whose value may be a word or a boolean (auto, true, false): checked by their owner instead.
@@ -237,6 +239,15 @@ def _lookup(config: dict, dotted: str):
     value = config
     for key in dotted.split("."):
         value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def base_default(dotted: str):
+    """A key's value in the checkout's ``configs/base.yaml``, the one place a default such as ``data.root``
+    is written (ConfigError where the file is absent, as in an installed wheel without the configs)."""
+    value = _lookup(_read_yaml(BASE_CONFIG), dotted)
+    if value is None:
+        raise ConfigError(f"{BASE_CONFIG}: has no value for '{dotted}'")
     return value
 
 

@@ -34,6 +34,7 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from .atomic import write_json, write_text
 from .audio import AudioError, info, read_audio, resample, write_audio
+from .files import MIXTURE_FILE
 from .inference import apply
 from . import track_metrics
 from .metrics import sdr, summarize, track_mean
@@ -70,7 +71,7 @@ def load_track(folder: str | os.PathLike, sources: Sequence[str] = SOURCES,
                channels: int | None = 2) -> Track:
     """Read ``sources`` of a track folder and its mixture (or the sum of all stems)."""
     folder = Path(folder)
-    mix_path = folder / "mixture.wav"
+    mix_path = folder / MIXTURE_FILE
     needed = list(sources) if mix_path.exists() else list(dict.fromkeys([*sources, *SOURCES]))
     rate = None
     stems = {}

@@ -29,18 +29,16 @@ from collections import defaultdict
 import numpy as np
 
 from .atomic import atomic_path, write_text
+from .files import MARGINS_CSV, MARGINS_PNG, REPORT_MD, SWEEP_PNG, clean_stems_name
+from .noise import KINDS
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.md"
-MARGINS_PNG = "margins.png"
-SWEEP_PNG = "sweep.png"
-MARGINS_CSV = "margins.csv"
-# The line between loud and quiet bleed: the filter should catch the former.
-BLEED_SPLIT_DB = -12.0
-# Noisy stems a filter that judges each stem alone cannot tell from clean ones: another song's stem of the
-# right source (a perfect separator puts it in its own slot), and bleed this far below the stem.
-BLIND_KINDS = ("other_song", f"bleed < {BLEED_SPLIT_DB:g} dB")
+# Noisy stems a filter that judges each stem alone cannot tell from clean ones (labelnoise.noise.KINDS):
+# the blind kinds, then those quieter than their line (bleed under -12 dB).
+BLIND_KINDS = (tuple(name for name, kind in KINDS.items() if kind.blind)
+               + tuple(f"{name} < {kind.blind_below_db:g} dB" for name, kind in KINDS.items()
+                       if kind.blind_below_db is not None))
 
 
 # ---------------------------------------------------------------- figures
@@ -62,8 +60,9 @@ def _kind_rows(stem) -> list[str]:
     kind = stem.kind
     rows = [kind]
     level = (stem.label or {}).get("level_db")
-    if kind == "bleed" and level is not None:
-        rows.append(f"bleed >= {BLEED_SPLIT_DB:g} dB" if level >= BLEED_SPLIT_DB else f"bleed < {BLEED_SPLIT_DB:g} dB")
+    split = KINDS[kind].blind_below_db if kind in KINDS else None
+    if split is not None and level is not None:
+        rows.append(f"{kind} >= {split:g} dB" if level >= split else f"{kind} < {split:g} dB")
     return rows
 
 
@@ -228,7 +227,7 @@ def report_text(sel) -> str:
              f"- dataset: `{sel.data}`",
              f"- rule: {sel.rule.describe()}",
              f"- pool: `{sel.dest / 'train'}`; kept tracks in `{sel.dest.name}/"
-             f"labelnoise_track_clean_predicted_by_{sel.suffix}.json`", "",
+             f"{clean_stems_name(sel.suffix)}`", "",
              "A stem is kept when its margin (own output volume minus the loudest other, "
              "`20 log10(sum |out|)` in dB) is above its source's threshold. Silent stems are never kept; "
              "stems whose outputs are all at or below -80 dB are skipped.", "",
@@ -271,10 +270,10 @@ def write_report(sel) -> None:
     write_csv(sel.dest / MARGINS_CSV, sel.stems)
     if importlib.util.find_spec("matplotlib") is None:
         log.info("matplotlib is not installed (pip install 'mdx-labelnoise[report]'): %s has no figures",
-                 sel.dest / REPORT_FILE)
+                 sel.dest / REPORT_MD)
     else:
         _plot(sel, sources)
-    write_text(sel.dest / REPORT_FILE, report_text(sel))
+    write_text(sel.dest / REPORT_MD, report_text(sel))
 
 
 def _plot(sel, sources) -> None:

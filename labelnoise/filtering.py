@@ -52,17 +52,18 @@ from .progress import bar as progress_bar
 from torch import nn
 
 from . import SOURCES
-from . import distributed
+from . import distributed, files
 from . import volumes as vol
 from .atomic import write_json, write_text
 from .audio import AudioError, info, read_audio, write_audio
 from .evaluation import list_tracks
 from .inference import MODES, PRECISIONS, apply
+from .silence import is_silent
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = vol.SETTINGS_FILE
-VOLUMES_FILE = "volumes.jsonl"
+SETTINGS_FILE = files.FILTER_SETTINGS_FILE
+VOLUMES_FILE = files.VOLUMES_FILE
 FORMAT = "mdx-labelnoise/filter-v1"
 # Rubber Band's R2 engine, formants not preserved: what the original's
 # `rubberband` command line used (R2 is its default and `rubberband-r3
@@ -79,11 +80,11 @@ class FilterError(ValueError):
 
 def default_out_dir(name: str, key: int, speed: int) -> Path:
     """The original's folder name: ``evaluator_outputs_{name}_key{key}_speed{speed}``."""
-    return Path(f"evaluator_outputs_{name}_key{key}_speed{speed}")
+    return files.filter_outputs_dir(files.suffix(name, key, speed))
 
 
 def rank_file(out_dir: str | os.PathLike, rank: int) -> Path:
-    return Path(out_dir) / f"volumes.rank{rank}.jsonl"
+    return files.rank_volumes(out_dir, rank)
 
 
 def shift_stem(wav: np.ndarray, samplerate: int, key: float, speed: float) -> np.ndarray:
@@ -244,7 +245,7 @@ def check_settings(out_dir: Path, settings: dict) -> bool:
     """
     path = out_dir / SETTINGS_FILE
     if not path.exists():
-        if (out_dir / VOLUMES_FILE).exists() or any(out_dir.glob("volumes.rank*.jsonl")):
+        if (out_dir / VOLUMES_FILE).exists() or any(out_dir.glob(files.RANK_VOLUMES_GLOB)):
             raise FilterError(f"{out_dir}: holds volumes but no {SETTINGS_FILE}; "
                               "choose another output folder")
         return True
@@ -267,7 +268,7 @@ def recorded_pairs(out_dir: Path) -> set[tuple[str, str]]:
 
 def _all_records(out_dir: Path) -> Iterator[dict]:
     yield from vol.read_records(out_dir / VOLUMES_FILE)
-    for path in sorted(out_dir.glob("volumes.rank*.jsonl")):
+    for path in sorted(out_dir.glob(files.RANK_VOLUMES_GLOB)):
         yield from vol.read_records(path)
 
 
@@ -279,7 +280,7 @@ def merge_records(out_dir: Path) -> Path:
     """
     merged = {(r["track"], r["stem"]): r for r in _all_records(out_dir)}
     target = out_dir / VOLUMES_FILE
-    rank_files = sorted(out_dir.glob("volumes.rank*.jsonl"))
+    rank_files = sorted(out_dir.glob(files.RANK_VOLUMES_GLOB))
     if rank_files or not target.exists():
         write_text(target, "".join(json.dumps(merged[k]) + "\n" for k in sorted(merged)))
     for path in rank_files:
@@ -319,7 +320,7 @@ def _prepare(pair: Pair, samplerate: int, channels: int, key: float, speed: floa
         if not skip_bad:
             raise AudioError(f"{pair.path}: holds no samples")
         return _Prepared(pair, None, None, f"{pair.path}: holds no samples")
-    if vol.is_silent(wav):
+    if is_silent(wav):
         return _Prepared(pair, wav, None)
     return _Prepared(pair, wav, shift_stem(wav, samplerate, key, speed))
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from . import SOURCES
 from .atomic import write_text
-from .pipeline import BAG_CANDIDATES, BAG_FILE, PipelineError
+from .files import BAG_FILE, HELDOUT_SCORES_FILE as HELDOUT_FILE, MODEL_FILE
+from .pipeline import BAG_CANDIDATES, PipelineError
 
 log = logging.getLogger(__name__)
 
-HELDOUT_FILE = "heldout_sdr.json"   # in each candidate's run dir
 THIN_SHARE = 0.5
 
 
@@ -63,12 +63,12 @@ def write(runs: str | Path, choices: dict[str, dict], thin: dict[str, str] | Non
     runs = Path(runs)
     chosen = list(dict.fromkeys(choices[s]["model"] for s in SOURCES))
     for name in chosen:
-        if not (runs / name / "model.th").exists():
-            raise PipelineError(f"{runs / name / 'model.th'}: not found; the {name} stage has not finished")
+        if not (runs / name / MODEL_FILE).exists():
+            raise PipelineError(f"{runs / name / MODEL_FILE}: not found; the {name} stage has not finished")
     rows = [[1 if choices[s]["model"] == name else 0 for s in SOURCES] for name in chosen]
     lines = ["# The final system: each source from the model that scored best on it on tracks Part 2 did not",
              "# train on (python -m labelnoise.pipeline bag; labelnoise/final_bag.py).",
-             f"models: [{', '.join(f'{name}/model.th' for name in chosen)}]",
+             f"models: [{', '.join(f'{name}/{MODEL_FILE}' for name in chosen)}]",
              "weights:        # rows: models; columns: " + ", ".join(SOURCES)]
     lines += [f"  - {row}" for row in rows]
     lines.append("choices:")
@@ -108,7 +108,7 @@ def build(runs: str | Path, *, selection_dir=None, data=None, valid=None, device
     scores: dict[str, dict] = {}
     if refs is not None:
         for name in dict.fromkeys(n for names in candidates.values() for n in names):
-            model = runs / name / "model.th"
+            model = runs / name / MODEL_FILE
             if not model.exists():
                 raise PipelineError(f"{model}: not found; the {name} stage has not finished")
             report = refs.evaluate(model, runs / name / HELDOUT_FILE)

@@ -21,8 +21,8 @@ The metadata (a JSON-able dict) holds::
      "summary": {...counts...}}
 
 A stem is ``silent`` when ``20*log10(mean|x|) < -80`` (mean over all samples
-and channels), the rule of the original filter. Mono files and files at
-another sample rate are recorded as they are and converted when read
+and channels), the rule of the original filter (labelnoise.silence). Mono files
+and files at another sample rate are recorded as they are and converted when read
 (``labelnoise.data``); files with more than two channels, no frames, NaN or
 infinite samples, a WAV header announcing more frames than the file holds
 (truncated), or that cannot be decoded go to ``errors``: each is a counted
@@ -51,14 +51,14 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from .atomic import write_json
 from .audio import FLOAT_SUBTYPES, AudioError, check_finite, info
+from .files import METADATA_DIR, METADATA_FILE, MIXTURE_FILE
+from .silence import is_silent_level, mean_level_db
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-METADATA_NAME = "metadata.json"
 # Where create_metadata.py writes by default: never inside the user's dataset.
 METADATA_DIR_ENV = "LABELNOISE_METADATA_DIR"
-SILENCE_DB = -80.0
 _BLOCK = 1 << 18  # frames per read in the silence pass: bounded memory
 
 
@@ -102,7 +102,7 @@ def list_files(root: Path, layout: str, sources=SOURCES) -> tuple[dict, dict, di
             absent = [s for s in sources if s not in present]
             if absent:
                 missing[d.name] = absent
-            known = {f"{s}.wav" for s in sources} | {"mixture.wav"}
+            known = {f"{s}.wav" for s in sources} | {MIXTURE_FILE}
             others = sorted(f.name for f in d.iterdir() if f.suffix.lower() == ".wav" and _visible(f)
                             and f.name not in known)
             if others:
@@ -125,10 +125,7 @@ def mean_abs_db(path: str | os.PathLike) -> float:
                 count += block.size
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: not readable as audio ({exc})") from None
-    if count == 0:
-        return -math.inf
-    mean = total / count
-    return 20 * math.log10(mean) if mean > 0 else -math.inf
+    return mean_level_db(total, count)
 
 
 def index_file(path: str | os.PathLike) -> dict:
@@ -145,7 +142,7 @@ def index_file(path: str | os.PathLike) -> dict:
     level = mean_abs_db(path)
     return {"frames": int(meta.frames), "samplerate": int(meta.samplerate),
             "channels": int(meta.channels), "subtype": meta.subtype,
-            "silent": bool(level < SILENCE_DB), "level_db": round(level, 2) if math.isfinite(level) else None,
+            "silent": is_silent_level(level), "level_db": round(level, 2) if math.isfinite(level) else None,
             "size": st.st_size, "mtime": st.st_mtime}
 
 
@@ -253,7 +250,7 @@ def default_metadata_path(root: str | os.PathLike) -> Path:
     """``$LABELNOISE_METADATA_DIR/<name>-<hash of the absolute path>.json`` (default dir: ``./metadata``)."""
     root = Path(root).resolve()
     digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-    return Path(os.environ.get(METADATA_DIR_ENV, "metadata")) / f"{root.name}-{digest}.json"
+    return Path(os.environ.get(METADATA_DIR_ENV, METADATA_DIR)) / f"{root.name}-{digest}.json"
 
 
 def load_metadata(root_or_json) -> dict:
@@ -267,13 +264,13 @@ def load_metadata(root_or_json) -> dict:
         return root_or_json
     path = Path(root_or_json)
     if path.is_dir():
-        if (path / METADATA_NAME).is_file():
-            path = path / METADATA_NAME
+        if (path / METADATA_FILE).is_file():
+            path = path / METADATA_FILE
         elif default_metadata_path(path).is_file():
             path = default_metadata_path(path)
         else:
             log.info("%s: indexing in memory: no index at %s or %s (python create_metadata.py %s writes "
-                     "the second; training then reads it)", path, path / METADATA_NAME,
+                     "the second; training then reads it)", path, path / METADATA_FILE,
                      default_metadata_path(path), path)
             return index_dataset(path, progress=False)
     try:

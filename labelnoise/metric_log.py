@@ -29,6 +29,8 @@ import math
 import os
 from pathlib import Path
 
+from .files import METRICS_FILE
+
 log = logging.getLogger(__name__)
 
 CHOICES = ("auto", True, False)
@@ -57,7 +59,7 @@ def enabled(run: dict) -> list[str]:
             continue
         if importlib.util.find_spec(package) is None:
             log.info("run.%s auto: the %s package is not installed (pip install 'mdx-labelnoise[%s]'); "
-                     "metrics go to metrics.jsonl only", key, package, key)
+                     "metrics go to %s only", key, package, key, METRICS_FILE)
             continue
         on.append(key)
     return on

@@ -27,9 +27,11 @@ from pathlib import Path
 from . import SOURCES
 from .atomic import write_text
 from .document import Doc, fmt
+from .files import (BAG_FILE, BAG_SCORES_FILE, CONFIG_FILE, HELDOUT_SCORES_FILE, MANIFEST_FILE, MODEL_CARD_FILE,
+                    SELECTION_FILE, TEST_SCORES_FILE)
 from .yamlio import read_mapping
 
-CARD_FILE = "final.md"
+CARD_FILE = MODEL_CARD_FILE
 # The config values a reader of the card asks about first, per training stage.
 CONFIG_KEYS = ("model.arch", "data.mode", "data.root", "optim.loss", "optim.trunc_ratio", "optim.trunc_by",
                "optim.lr", "optim.epochs", "optim.batch_size", "run.init_from", "run.resume_from")
@@ -90,7 +92,7 @@ def _stage_runs(runs: Path, manifest: dict | None) -> list[tuple[str, Path]]:
             if model:
                 out.append((stage["name"], Path(model).parent))
         return out
-    return [(p.name, p) for p in sorted(runs.iterdir()) if (p / "config.yaml").is_file()]
+    return [(p.name, p) for p in sorted(runs.iterdir()) if (p / CONFIG_FILE).is_file()]
 
 
 def _selections(runs: Path, manifest: dict | None) -> list[tuple[str, Path]]:
@@ -100,11 +102,11 @@ def _selections(runs: Path, manifest: dict | None) -> list[tuple[str, Path]]:
         return [(s["name"], Path(s["selection"])) for s in manifest.get("stages", []) if s.get("selection")]
     found = {}
     for _, run in _stage_runs(runs, None):
-        config = _yaml(run / "config.yaml") or {}
+        config = _yaml(run / CONFIG_FILE) or {}
         root = _lookup(config, "data.root")
-        if _lookup(config, "data.mode") == "pool" and root and (Path(root) / "selection.json").is_file():
+        if _lookup(config, "data.mode") == "pool" and root and (Path(root) / SELECTION_FILE).is_file():
             found.setdefault(Path(root), Path(root).name)
-    for path in sorted(runs.glob("*/selection.json")):
+    for path in sorted(runs.glob(f"*/{SELECTION_FILE}")):
         found.setdefault(path.parent, path.parent.name)
     return [(name, folder) for folder, name in found.items()]
 
@@ -119,17 +121,11 @@ def _source_scores(report: dict | None, key: str) -> dict:
 
 def card(runs: str | Path) -> str:
     """The card's Markdown for run folder ``runs``."""
-    # The file names the runner writes (imported here: the runner and final_bag call this module).
-    from .final_bag import HELDOUT_FILE
-    from .pipeline import BAG_FILE
-    from .runner import MANIFEST
-    from .scoring import BAG_EVAL_FILE, EVAL_FILE
-
     runs = Path(runs)
     bag = _yaml(runs / BAG_FILE)
     if bag is None:
         raise FileNotFoundError(f"{runs / BAG_FILE}: no final bag to describe")
-    manifest = _json(runs / MANIFEST)
+    manifest = _json(runs / MANIFEST_FILE)
     doc = Doc()
     doc.h(1, f"Model card: {runs / BAG_FILE}")
     doc.p("Separates a mixture into " + ", ".join(SOURCES) + ": each source from the model chosen for it "
@@ -149,19 +145,19 @@ def card(runs: str | Path) -> str:
     doc.table(["source", "model", "why", "warning"], rows, "llll")
 
     doc.h(2, "Scores")
-    final = _json(runs / BAG_EVAL_FILE)
+    final = _json(runs / BAG_SCORES_FILE)
     if final:
         per = _source_scores(final, "summary")
         doc.p(f"Test set {_test_set(final)}: challenge SDR {fmt(final['summary'].get('mean'))} dB mean, "
               f"{fmt(final['summary'].get('median'))} dB median over {final['summary'].get('tracks')} tracks; "
               "per source " + ", ".join(f"{s} {fmt(per.get(s))}" for s in SOURCES) + " dB.")
     else:
-        doc.p(f"No test score of the bag ({BAG_EVAL_FILE} is not in {runs}).")
+        doc.p(f"No test score of the bag ({BAG_SCORES_FILE} is not in {runs}).")
     score_rows = []
     for model in models:
         run = (runs / model).parent
-        held = _source_scores(_json(run / HELDOUT_FILE), "references")
-        test = _source_scores(_json(run / EVAL_FILE), "summary")
+        held = _source_scores(_json(run / HELDOUT_SCORES_FILE), "references")
+        test = _source_scores(_json(run / TEST_SCORES_FILE), "summary")
         score_rows.append([f"`{model}`"] + [f"{fmt(held.get(s))} / {fmt(test.get(s))}" for s in SOURCES])
     if score_rows:
         doc.p("Each model of the bag, SDR in dB per source: held-out (the tracks kept out of the pools, "
@@ -172,7 +168,7 @@ def card(runs: str | Path) -> str:
     data = (manifest or {}).get("data") or {}
     train = data.get("train")
     if not train:
-        configs = [_yaml(run / "config.yaml") for _, run in _stage_runs(runs, manifest)]
+        configs = [_yaml(run / CONFIG_FILE) for _, run in _stage_runs(runs, manifest)]
         roots = [c["data"]["root"] for c in configs if c and c.get("data", {}).get("mode") == "tracks"]
         train = roots[0] if roots else None
     items = [f"training data: {_data_identity(train)}"]
@@ -182,13 +178,13 @@ def card(runs: str | Path) -> str:
         items.append(f"test set: `{data['test']}`")
     doc.items(items)
 
-    selections = [(name, folder, _json(folder / "selection.json")) for name, folder in _selections(runs, manifest)]
+    selections = [(name, folder, _json(folder / SELECTION_FILE)) for name, folder in _selections(runs, manifest)]
     doc.h(2, "Filtering")
     if not any(sel for _, _, sel in selections):
-        doc.p("No selection.json found: nothing recorded about the filter.")
+        doc.p(f"No {SELECTION_FILE} found: nothing recorded about the filter.")
     for name, folder, sel in selections:
         if not sel:
-            doc.p(f"`{name}`: {folder / 'selection.json'} not found.")
+            doc.p(f"`{name}`: {folder / SELECTION_FILE} not found.")
             continue
         counts, thresholds = sel.get("counts", {}), sel.get("thresholds", {})
         doc.p(f"`{name}` ({folder}): rule {sel.get('rule', 'n/a')}.")
@@ -199,16 +195,16 @@ def card(runs: str | Path) -> str:
     doc.h(2, "Training stages")
     stage_rows = []
     for name, run in _stage_runs(runs, manifest):
-        config = _yaml(run / "config.yaml")
+        config = _yaml(run / CONFIG_FILE)
         if config is None:
-            stage_rows.append([name, f"{run / 'config.yaml'} not found"] + [""] * (len(CONFIG_KEYS) - 1))
+            stage_rows.append([name, f"{run / CONFIG_FILE} not found"] + [""] * (len(CONFIG_KEYS) - 1))
             continue
         stage_rows.append([name] + [_cell(_lookup(config, key)) for key in CONFIG_KEYS])
     if stage_rows:
         doc.table(["stage", *CONFIG_KEYS], stage_rows, "l" * (len(CONFIG_KEYS) + 1))
-        doc.p("The whole resolved config of a stage is its run folder's `config.yaml`.")
+        doc.p(f"The whole resolved config of a stage is its run folder's `{CONFIG_FILE}`.")
     else:
-        doc.p("No stage's config.yaml found.")
+        doc.p(f"No stage's {CONFIG_FILE} found.")
     if manifest and manifest.get("stages"):
         doc.code("\n".join(" ".join(s.get("command", [])) for s in manifest["stages"] if s.get("command")))
 
@@ -243,7 +239,7 @@ def write_card(runs: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelnoise.model_card", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", type=Path, help="a run folder holding final.yaml")
+    parser.add_argument("runs", type=Path, help=f"a run folder holding {BAG_FILE}")
     args = parser.parse_args(argv)
     try:
         print(write_card(args.runs))

@@ -1,20 +1,157 @@
 """Label noise: which stems of a track are wrong, how, and the stems as written with their labels.
 
-The kinds (``NOISE_KINDS``) and their labels are described in
-``labelnoise.synth``, which draws a plan per track (``draw_noise``) and
+``KINDS`` registers every kind of label noise, in the order weights and
+draws use: how a track's plan draws it (``applies``, ``plan``), how it is
+made (``make`` on one stem, then ``finish`` for the kinds that move content
+between stems), which render backends can make it (``renders``), and whether
+a filter that judges each stem alone can see it (``blind``,
+``blind_below_db``; labelnoise.filter_report). Adding a kind is one entry
+here (and its words in labelnoise.synth's docstring, which describes the
+labels). ``labelnoise.synth`` draws a plan per track (``draw_noise``) and
 applies it to the clean stems of either render backend (``noisy_track``);
-``misgroup`` is applied by ``labelnoise.sampled.misgroup``, the one backend
-with several recordings per stem.
+``misgroup`` is made by ``labelnoise.sampled.misgroup``, the one backend with
+several recordings per stem.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from . import SOURCES
 
-NOISE_KINDS = ("bleed", "swap", "other_song", "silent", "partial", "misgroup")
+
+@dataclass
+class Draw:
+    """What a track offers the noise kinds while its plan is drawn (``draw_noise``)."""
+    rng: np.random.Generator
+    tracks: int                        # in the set: another song's stem needs two
+    receivers: list[str]               # clean stems that can take a silent stem's content
+    spare: dict[str, list[int]] = field(default_factory=dict)   # per clean stem: its recordings not yet moved
+
+    @property
+    def donors(self) -> list[str]:
+        """Clean stems that can give a recording and keep one of their own."""
+        return [d for d in self.spare if len(self.spare[d]) > 1]
+
+
+@dataclass
+class NoisyTrack:
+    """One track while its plan is applied (``noisy_track``): the clean stems, the stems as written, the labels."""
+    index: int
+    tracks: int
+    names: list[str]
+    clean: np.ndarray                  # (4, C, T), SOURCES order
+    stems: np.ndarray                  # what is written; starts as a copy of clean
+    labels: dict[str, dict]
+    rng: np.random.Generator
+    samplerate: int
+    source_of: Callable                # (track index, source) -> another track's clean source
+    leak_of: Callable | None           # (wav, rng) -> how a bleeding source sounds in this stem
+
+
+@dataclass(frozen=True)
+class NoiseKind:
+    """One kind of label noise: how a plan draws it, how it is made, and what a one-stem filter sees of it."""
+    make: Callable | None = None       # (track, stem, label): write the stem, add the label's fields
+    finish: Callable | None = None     # (track, stem, plan entry): after every make, for content moved between stems
+    applies: Callable[[Draw], bool] = lambda draw: True   # else the stem draws again among those that apply
+    plan: Callable[[Draw], dict] | None = None   # the plan entry's fields drawn with the kind
+    renders: tuple[str, ...] | None = None       # the render backends that can make it; None: every one
+    blind: bool = False                # a filter judging one stem alone cannot tell it from a clean stem
+    blind_below_db: float | None = None          # ... when its level_db is below this
+
+
+def _others(s: str) -> list[str]:
+    return [o for o in SOURCES if o != s]
+
+
+def _bleed(track: NoisyTrack, s: str, label: dict) -> None:
+    k = SOURCES.index(s)
+    o = _others(s)[track.rng.integers(3)]
+    level = float(track.rng.uniform(-20, -6))
+    own, src = track.clean[k], track.clean[SOURCES.index(o)]
+    if track.leak_of is not None:
+        src = track.leak_of(src, track.rng)
+    leak = src * (10 ** (level / 20) * rms(own) / max(rms(src), 1e-12))
+    room = 0.95 - float(np.abs(own).max())
+    if np.abs(leak).max() > room:  # keep 16-bit stems unclipped
+        leak *= room / float(np.abs(leak).max())
+    track.stems[k] = own + leak
+    label.update(source=o, level_db=round(20 * math.log10(rms(leak) / rms(own)), 3))
+
+
+def _swap(track: NoisyTrack, s: str, label: dict) -> None:
+    o = _others(s)[track.rng.integers(3)]
+    track.stems[SOURCES.index(s)] = track.clean[SOURCES.index(o)]
+    label.update(holds=o)
+
+
+def _other_song(track: NoisyTrack, s: str, label: dict) -> None:
+    j = int(track.rng.integers(track.tracks - 1))
+    j = j + 1 if j >= track.index else j
+    track.stems[SOURCES.index(s)] = track.source_of(j, s)
+    label.update(track=track.names[j])
+
+
+def _partial(track: NoisyTrack, s: str, label: dict) -> None:
+    k, rng, sr = SOURCES.index(s), track.rng, track.samplerate
+    n = track.clean.shape[-1]
+    o = _others(s)[rng.integers(3)]
+    dur = rng.uniform(0.3, 0.7) * n
+    a = int(rng.uniform(0, n - dur))
+    b = int(a + dur)
+    fade = min(int(0.01 * sr), max(1, (b - a) // 4))
+    mask = np.zeros(n, np.float32)
+    mask[a:b] = 1.0
+    ramp = np.linspace(0, 1, fade, dtype=np.float32)
+    mask[a:a + fade] = ramp
+    mask[b - fade:b] = ramp[::-1]
+    track.stems[k] = track.clean[k] * (1 - mask) + track.clean[SOURCES.index(o)] * mask
+    label.update(holds=o, start=round(a / sr, 4), end=round(b / sr, 4))
+
+
+def _silent_receiver(draw: Draw) -> dict:
+    return {"moved_to": draw.receivers.pop(int(draw.rng.integers(len(draw.receivers))))}
+
+
+def _move_silent(track: NoisyTrack, s: str, entry: dict) -> None:
+    """The stem's content goes to its receiver (drawn clean), which is then labelled a bleed of it."""
+    k, r = SOURCES.index(s), SOURCES.index(entry["moved_to"])
+    clean = track.clean
+    track.stems[r] = track.stems[r] + clean[k]
+    track.stems[k] = 0.0
+    track.labels[s]["moved_to"] = entry["moved_to"]
+    track.labels[entry["moved_to"]] = {
+        "noisy": True, "kind": "bleed", "source": s, "via": "silent",
+        "level_db": round(20 * math.log10(rms(clean[k]) / max(rms(clean[r]), 1e-12)), 3)}
+
+
+def _misgroup_donor(draw: Draw) -> dict:
+    donors = draw.donors
+    donor = donors[int(draw.rng.integers(len(donors)))]
+    return {"from": donor, "recording": draw.spare[donor].pop(int(draw.rng.integers(len(draw.spare[donor]))))}
+
+
+KINDS: dict[str, NoiseKind] = {
+    # The line between loud bleed, which the filter should catch, and quiet bleed, which it cannot hear.
+    "bleed": NoiseKind(make=_bleed, blind_below_db=-12.0),
+    "swap": NoiseKind(make=_swap),
+    # A perfect separator puts another song's stem of the right source in its own slot.
+    "other_song": NoiseKind(make=_other_song, applies=lambda draw: draw.tracks >= 2, blind=True),
+    "silent": NoiseKind(finish=_move_silent, applies=lambda draw: bool(draw.receivers), plan=_silent_receiver),
+    "partial": NoiseKind(make=_partial),
+    # Made by labelnoise.sampled.misgroup: it moves a recording, and the sine backend has one per stem.
+    "misgroup": NoiseKind(applies=lambda draw: bool(draw.donors), plan=_misgroup_donor, renders=("sampled",)),
+}
+NOISE_KINDS = tuple(KINDS)
+
+
+def unavailable(render: str) -> tuple[str, ...]:
+    """The kinds the render backend ``render`` cannot make."""
+    return tuple(k for k, kind in KINDS.items() if kind.renders is not None and render not in kind.renders)
 
 
 def parse_kinds(text: str | None) -> dict | None:
@@ -33,16 +170,18 @@ def parse_kinds(text: str | None) -> dict | None:
     return kinds
 
 
-def kind_weights(kinds: dict | None, unavailable=()) -> np.ndarray:
-    """Weights over NOISE_KINDS; kinds not named keep weight 1 (0 for the ``unavailable`` ones)."""
-    weights = {k: 0.0 if k in unavailable else 1.0 for k in NOISE_KINDS}
+def kind_weights(kinds: dict | None, render: str) -> np.ndarray:
+    """Weights over NOISE_KINDS; kinds not named keep weight 1 (0 for those ``render`` cannot make)."""
+    weights = {k: 0.0 if k in unavailable(render) else 1.0 for k in NOISE_KINDS}
     for name, w in (kinds or {}).items():
         if name not in weights:
             raise ValueError(f"unknown noise kind {name!r}; expected one of {NOISE_KINDS}")
         if w < 0:
             raise ValueError(f"noise kind {name!r} has a negative weight {w}")
-        if w > 0 and name in unavailable:
-            raise ValueError(f"noise kind {name!r} needs the sampled render backend (render='sampled')")
+        if w > 0 and name in unavailable(render):
+            renders = KINDS[name].renders
+            raise ValueError(f"noise kind {name!r} needs the {' or '.join(renders)} render backend "
+                             f"(render={renders[0]!r})")
         weights[name] = float(w)
     w = np.array([weights[k] for k in NOISE_KINDS])
     if w.sum() <= 0:
@@ -68,30 +207,23 @@ def draw_noise(rng, noise_rate, weights, tracks, recordings=None) -> dict:
     # A kind that cannot apply is drawn again among those that can.
     receivers = [s for s in SOURCES if drawn[s] is None]
     # A misgroup takes a recording from a clean stem that keeps at least one of its own.
-    spare = {s: list(recordings[s][:]) for s in receivers} if recordings else {}
+    draw = Draw(rng, tracks, receivers, {s: list(recordings[s][:]) for s in receivers} if recordings else {})
     plan = {}
     for s in SOURCES:
         kind = drawn[s]
         if kind is None:
             continue
         allowed = weights.copy()
-        if tracks < 2:
-            allowed[NOISE_KINDS.index("other_song")] = 0
-        if not receivers:
-            allowed[NOISE_KINDS.index("silent")] = 0
-        donors = [d for d in spare if len(spare[d]) > 1]
-        if not donors:
-            allowed[NOISE_KINDS.index("misgroup")] = 0
+        for i, name in enumerate(NOISE_KINDS):
+            if not KINDS[name].applies(draw):
+                allowed[i] = 0
         if allowed[NOISE_KINDS.index(kind)] == 0:
             if allowed.sum() == 0:
                 continue  # nothing applies: the stem stays clean
             kind = NOISE_KINDS[rng.choice(len(NOISE_KINDS), p=allowed / allowed.sum())]
         entry = {"kind": kind}
-        if kind == "silent":
-            entry["moved_to"] = receivers.pop(int(rng.integers(len(receivers))))
-        elif kind == "misgroup":
-            donor = donors[int(rng.integers(len(donors)))]
-            entry.update({"from": donor, "recording": spare[donor].pop(int(rng.integers(len(spare[donor]))))})
+        if KINDS[kind].plan is not None:
+            entry.update(KINDS[kind].plan(draw))
         plan[s] = entry
     return plan
 
@@ -101,58 +233,17 @@ def noisy_track(index, tracks, names, clean, plan, rng, sr, source_of, leak_of=N
 
     ``source_of(track, source)``: the clean source of another track;
     ``leak_of(wav, rng)``: how a bleeding source sounds in this stem (default: as it is)."""
-    n = clean.shape[-1]
-    stems = clean.copy()
-    labels = {s: {"noisy": False, "kind": None} for s in SOURCES}
-    others = lambda s: [o for o in SOURCES if o != s]  # noqa: E731
+    track = NoisyTrack(index, tracks, names, clean, clean.copy(), {s: {"noisy": False, "kind": None} for s in SOURCES},
+              rng, sr, source_of, leak_of)
     for s, entry in plan.items():
-        k = SOURCES.index(s)
-        kind = entry["kind"]
-        label = {"noisy": True, "kind": kind}
-        if kind == "bleed":
-            o = others(s)[rng.integers(3)]
-            level = float(rng.uniform(-20, -6))
-            own, src = clean[k], clean[SOURCES.index(o)]
-            if leak_of is not None:
-                src = leak_of(src, rng)
-            leak = src * (10 ** (level / 20) * rms(own) / max(rms(src), 1e-12))
-            room = 0.95 - float(np.abs(own).max())
-            if np.abs(leak).max() > room:  # keep 16-bit stems unclipped
-                leak *= room / float(np.abs(leak).max())
-            stems[k] = own + leak
-            label.update(source=o, level_db=round(20 * math.log10(rms(leak) / rms(own)), 3))
-        elif kind == "swap":
-            o = others(s)[rng.integers(3)]
-            stems[k] = clean[SOURCES.index(o)]
-            label.update(holds=o)
-        elif kind == "other_song":
-            j = int(rng.integers(tracks - 1))
-            j = j + 1 if j >= index else j
-            stems[k] = source_of(j, s)
-            label.update(track=names[j])
-        elif kind == "partial":
-            o = others(s)[rng.integers(3)]
-            dur = rng.uniform(0.3, 0.7) * n
-            a = int(rng.uniform(0, n - dur))
-            b = int(a + dur)
-            fade = min(int(0.01 * sr), max(1, (b - a) // 4))
-            mask = np.zeros(n, np.float32)
-            mask[a:b] = 1.0
-            ramp = np.linspace(0, 1, fade, dtype=np.float32)
-            mask[a:a + fade] = ramp
-            mask[b - fade:b] = ramp[::-1]
-            stems[k] = clean[k] * (1 - mask) + clean[SOURCES.index(o)] * mask
-            label.update(holds=o, start=round(a / sr, 4), end=round(b / sr, 4))
-        labels[s] = label
+        label = {"noisy": True, "kind": entry["kind"]}
+        make = KINDS[entry["kind"]].make
+        if make is not None:
+            make(track, s, label)
+        track.labels[s] = label
     # Moves last, so a receiver (drawn clean) gets exactly the moved content.
     for s, entry in plan.items():
-        if entry["kind"] != "silent":
-            continue
-        k, r = SOURCES.index(s), SOURCES.index(entry["moved_to"])
-        stems[r] = stems[r] + clean[k]
-        stems[k] = 0.0
-        labels[s]["moved_to"] = entry["moved_to"]
-        labels[entry["moved_to"]] = {
-            "noisy": True, "kind": "bleed", "source": s, "via": "silent",
-            "level_db": round(20 * math.log10(rms(clean[k]) / max(rms(clean[r]), 1e-12)), 3)}
-    return stems, labels
+        finish = KINDS[entry["kind"]].finish
+        if finish is not None:
+            finish(track, s, entry)
+    return track.stems, track.labels

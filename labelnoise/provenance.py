@@ -21,9 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from .volumes import SETTINGS_FILE
-
-SELECTION_FILE = "selection.json"
+from .files import FILTER_SETTINGS_FILE, SELECTION_FILE
 
 
 def _read_record(path: Path) -> dict:
@@ -46,7 +44,7 @@ def check_pool_finished(root: str | os.PathLike) -> None:
 
 def check_outputs_origin(outputs: str | os.PathLike, data: str | os.PathLike, key, speed) -> None:
     """``OUTPUTS/filter.json`` must name ``data``, ``key`` and ``speed``; without it nothing is compared."""
-    path = Path(outputs) / SETTINGS_FILE
+    path = Path(outputs) / FILTER_SETTINGS_FILE
     if not path.is_file():
         return
     made = _read_record(path)

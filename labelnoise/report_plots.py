@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from . import SOURCES
 from .audio import info, read_audio
 from .document import save_figure
+from .files import MIXTURE_FILE
 
 GROUP_COLOURS = {"method": "tab:blue", "baseline": "tab:gray", "clean": "tab:green"}
 ARM_LINES = {"baseline": "--", "clean": ":"}
@@ -191,7 +192,7 @@ def plot_spectrogram(facts, path: Path) -> Path | None:
     if not separated or not Path(separated).is_dir() or test is None:
         return None
     track = sorted(p.name for p in Path(separated).iterdir() if p.is_dir())[0]
-    mix_path = test / track / "mixture.wav"
+    mix_path = test / track / MIXTURE_FILE
     if not mix_path.is_file():
         return None
     rate = info(mix_path).samplerate

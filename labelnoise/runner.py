@@ -30,11 +30,11 @@ from pathlib import Path
 
 from . import SOURCES
 from .atomic import write_json
-from .pipeline import BAG_FILE, BAG_SOURCES, PipelineError, Layout, Stage, layout_json, runner_device
-from .scoring import BAG_EVAL_FILE, EVAL_FILE, TestSet
+from .files import (BAG_FILE, BAG_SCORES_FILE, LOGS_DIR, MANIFEST_FILE as MANIFEST, MODEL_FILE, REPORT_HTML, REPORT_MD,
+                    TEST_SCORES_FILE)
+from .pipeline import BAG_SOURCES, PipelineError, Layout, Stage, layout_json, runner_device
+from .scoring import TestSet
 
-MANIFEST = "pipeline.json"
-LOGS_DIR = "logs"
 # Seconds on 2 idle CPU cores, to start the ETA before a stage of the kind has run; measured with the
 # default demo (docs/BENCHMARKS.md): MaskNet at 16 kHz, batch 16 x 1 s, about 0.2 s a step.
 PRIOR_RATES = {"train": 0.2 / 16,    # per item-second trained
@@ -98,7 +98,7 @@ def _train_job(stage: Stage, epochs_done: dict[str, int], seconds_of) -> Job:
                     for s in seconds_of(data["root"]))
     per_step = optim["batch_size"] * optim["accumulate"]
     steps = max(0, optim["epochs"] - parent) * (items // per_step)
-    return Job(stage, model=f"{stage.run_dir}/model.th", eval=f"{stage.run_dir}/{EVAL_FILE}",
+    return Job(stage, model=f"{stage.run_dir}/{MODEL_FILE}", eval=f"{stage.run_dir}/{TEST_SCORES_FILE}",
                units=steps * per_step * data["segment"], epochs=optim["epochs"] - parent, steps=steps)
 
 
@@ -127,7 +127,7 @@ def plan(chain: list[Stage], layout: Layout, *, test_seconds: float | None = Non
         elif stage.kind == "select":
             job = Job(stage, selection=stage.run_dir)
         else:
-            job = Job(stage, model=stage.done, eval=str(Path(layout.runs) / BAG_EVAL_FILE))
+            job = Job(stage, model=stage.done, eval=str(Path(layout.runs) / BAG_SCORES_FILE))
         if stage.kind in ("train", "filter", "bag") and device is not None:
             job.stage = replace(stage, argv=(*stage.argv, "--device", device))
         if test_seconds is None:
@@ -368,7 +368,7 @@ def _scores_text(test_set: TestSet | None, job: Job, clock: Clock, done_already:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", help="clean test track folders: every model is scored on them (cached)")
-    p.add_argument("--report", action="store_true", help="write RUNS/report.md and report.html at the end")
+    p.add_argument("--report", action="store_true", help=f"write RUNS/{REPORT_MD} and {REPORT_HTML} at the end")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: this machine's CPUs / --nproc)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from .atomic import write_json
 from .bag import member_path
+from .files import BAG_SCORES_FILE, SEPARATED_DIR, TEST_SCORES_FILE
 from .yamlio import read_mapping
 
-EVAL_FILE = "test_sdr.json"
-BAG_EVAL_FILE = "final_test_sdr.json"
-SEPARATED_DIR = "final_separated"   # the bag's estimates, kept for the report's spectrogram
+EVAL_FILE = TEST_SCORES_FILE
+BAG_EVAL_FILE = BAG_SCORES_FILE
 
 
 def _stamp(paths: list[Path]) -> list[list]:

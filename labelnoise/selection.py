@@ -56,43 +56,28 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from . import filter_report, thresholds
 from .atomic import atomic_path, write_json
+from .config import base_default
 from .holdout import count as holdout_count, held_out
 from .thresholds import Rule
-from .provenance import SELECTION_FILE, check_outputs_origin
+from .provenance import check_outputs_origin
 from .audio import AudioError, read_audio
-from .volumes import is_silent, margin_db, read_records, volume_db, window_margin
+from .files import (LABELS_FILE, SELECTION_FILE, VOLUMES_FILE, clean_stems_name, filter_outputs_dir, pool_dir,
+                    suffix, volume_cache_name)
+from .silence import is_silent
+from .volumes import margin_db, read_records, volume_db, window_margin
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-VOLUMES_FILE = "volumes.jsonl"
-DEFAULT_DATA = Path("data/labelnoise")  # configs/base.yaml data.root
 _CACHE_SAVE_SECONDS = 60.0
 # os.link failures after which a copy is made instead: another file system,
 # a file system without hard links, a protected or saturated inode.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
-def suffix(model: str, key: int, speed: int) -> str:
-    return f"{model}_key{key}_speed{speed}"
-
-
-def default_outputs(sfx: str) -> Path:
-    return Path(f"evaluator_outputs_{sfx}")
-
-
-def default_dest(data: str | os.PathLike, sfx: str) -> Path:
-    """Next to the dataset: ``data/labelnoise`` -> ``data/labelnoise_clean_dataset_predicted_by_...``
-    (the ``data.root`` of configs/joint360.yaml and finetune.yaml)."""
-    return Path(data).parent / f"labelnoise_clean_dataset_predicted_by_{sfx}"
-
-
-def clean_json_name(sfx: str) -> str:
-    return f"labelnoise_track_clean_predicted_by_{sfx}.json"
-
-
-def cache_name(sfx: str) -> str:
-    return f"volumns_{sfx}.json"
+def default_data() -> Path:
+    """The dataset the filter ran on when none is given: ``data.root`` of configs/base.yaml."""
+    return Path(base_default("data.root"))
 
 
 @dataclass
@@ -155,7 +140,7 @@ class Selection:
             "volumes_from": self.volumes_from, "skipped_outputs": self.skipped_outputs,
             "labels": None if self.labels is None else str(self.labels),
             "metrics": self.metrics, "files": self.files,
-            "clean_json": clean_json_name(self.suffix),
+            "clean_json": clean_stems_name(self.suffix),
             "held_out": self.held_out,
         }
 
@@ -234,7 +219,7 @@ def _measure_folder(folder: Path, stem: str, sources) -> dict:
 def wav_volumes(outputs: Path, sfx: str, *, sources=SOURCES, progress: bool = True,
                 workers: int | None = None, save_cache: bool = True) -> tuple[list[dict], dict[str, str]]:
     """Measure ``OUTPUTS/{stem}/{track}/{source}.wav`` (the original code's outputs), with a cache."""
-    cache_path = outputs / cache_name(sfx)
+    cache_path = outputs / volume_cache_name(sfx)
     cache = _read_cache(cache_path)
     records, todo, skipped = {}, [], {}
     for stem in sources:
@@ -447,11 +432,11 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
     """
     sfx = suffix(model, key, speed)
     rule = Rule.parse(threshold, keep_fraction)
-    data = Path(data) if data is not None else DEFAULT_DATA
-    outputs = Path(outputs) if outputs is not None else default_outputs(sfx)
-    dest = Path(dest) if dest is not None else default_dest(data, sfx)
-    if labels is None and (data / "noise_labels.json").is_file():
-        labels = data / "noise_labels.json"
+    data = Path(data) if data is not None else default_data()
+    outputs = Path(outputs) if outputs is not None else filter_outputs_dir(sfx)
+    dest = Path(dest) if dest is not None else pool_dir(data, sfx)
+    if labels is None and (data / LABELS_FILE).is_file():
+        labels = data / LABELS_FILE
     labels = None if labels is None else Path(labels)
 
     check_paths(data, outputs, dest, sources)
@@ -466,7 +451,7 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
     records, volumes_from, skipped_outputs = load_volumes(
         outputs, sfx, sources=sources, progress=progress,
         save_cache=not _inside(outputs.resolve(), data.resolve()))
-    origin = outputs / (VOLUMES_FILE if volumes_from == VOLUMES_FILE else cache_name(sfx))
+    origin = outputs / (VOLUMES_FILE if volumes_from == VOLUMES_FILE else volume_cache_name(sfx))
     stems = [st for st in to_stems(records, origin) if st.stem in sources]
     if not stems:
         raise ValueError(f"{outputs}: no stem has been measured yet")
@@ -510,7 +495,7 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
 
     # selection.json first (complete: false): a killed run leaves a DEST that the same settings resume.
     write_json(dest / SELECTION_FILE, sel.to_json(complete=False))
-    write_json(dest / clean_json_name(sfx), kept)
+    write_json(dest / clean_stems_name(sfx), kept)
     sel.files = write_pool(data, dest, kept, link=link, progress=progress)
     if report:
         filter_report.write_report(sel)

@@ -10,7 +10,8 @@ its four sources are made to be told apart by ear and by a model:
 - vocals: a melody with vibrato, glides and formant (vowel) shaped harmonics.
 
 Label noise is drawn per stem with probability ``noise_rate``; its kind is
-one of ``NOISE_KINDS`` (weights from ``kinds``):
+one of ``NOISE_KINDS`` (weights from ``kinds``; each kind is registered, with
+how it is drawn and made, in ``labelnoise.noise.KINDS``):
 
 - ``bleed``: another stem of the track leaks in, ``level_db`` = RMS of the
   leak relative to the RMS of the stem's own content (-20..-6 dB); with
@@ -64,6 +65,7 @@ from .progress import bar as progress_bar
 from . import SOURCES
 from .atomic import write_json
 from .audio import read_audio, write_audio
+from .files import LABELS_FILE, MIXTURE_FILE, SYNTH_FILE as PARAMS_FILE
 from .fluid import RenderUnavailable
 from .noise import NOISE_KINDS, draw_noise, kind_weights, noisy_track, parse_kinds, rms
 
@@ -73,10 +75,6 @@ __all__ = ["NOISE_KINDS", "LABELS_FILE", "PARAMS_FILE", "RENDERS", "clean_source
 log = logging.getLogger(__name__)
 
 RENDERS = ("sine", "sampled")
-# Kinds a backend cannot make: misgroup moves a recording, and the sine backend has one per stem.
-_UNAVAILABLE = {"sine": ("misgroup",), "sampled": ()}
-LABELS_FILE = "noise_labels.json"
-PARAMS_FILE = "synth.json"
 
 # Peak of every clean source; two of them summed (a silent stem's receiver,
 # a partial crossfade) stay below 1, so 16-bit stems never clip.
@@ -384,7 +382,7 @@ def _check_render(render: str) -> str:
 
 def _kind_weights(kinds: dict | None, render: str = "sine") -> np.ndarray:
     """Weights over NOISE_KINDS for ``render``; kinds not named keep weight 1 (0 where it cannot make them)."""
-    return kind_weights(kinds, _UNAVAILABLE[_check_render(render)])
+    return kind_weights(kinds, _check_render(render))
 
 
 def _sampled_track(seed, index, tracks, names, rng, noise_rate, weights, seconds, sr, fonts):
@@ -449,7 +447,7 @@ def generate(out_dir, *, tracks: int, seconds: float, noise_rate: float, seed: i
             mixture = mixture + read_audio(folder / f"{s}.wav", channels=None)
             if write_clean:
                 write_audio(out_dir / "clean" / names[i] / f"{s}.wav", clean[k], samplerate, float32=float32)
-        write_audio(folder / "mixture.wav", mixture, samplerate, float32=True)
+        write_audio(folder / MIXTURE_FILE, mixture, samplerate, float32=True)
         all_labels[names[i]] = labels
     write_json(out_dir / PARAMS_FILE, {
         "seed": seed, "seconds": seconds, "samplerate": samplerate, "noise_rate": noise_rate,

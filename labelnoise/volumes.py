@@ -8,7 +8,7 @@ own output is much louder than the loudest of the other three:
     margin_db      = volume_db(out[X]) - max(volume_db(out[Y]), Y != X)
     clean          = margin_db > threshold           (every output <= -80 dB: no decision)
 
-A stem is silent, and not run through the model, when
+A stem is silent (labelnoise.silence), and not run through the model, when
 ``20 log10(mean |x|) < -80`` (its own audio stands in for all four outputs).
 
 ``volumes.jsonl`` holds one JSON object per line and (track, stem)::
@@ -35,33 +35,18 @@ from typing import Iterator
 import numpy as np
 
 from .errors import naming
+from .silence import SILENT_DB, db
 
-SILENT_DB = -80.0
 WINDOW_SECONDS = 1.0   # of the shifted audio: 2 s of the stem at the filter's 200 % speed
 # A stem's margin over its windows: this low percentile of them (a stem that holds another source for 30 %
 # of the track shows it), over the windows where the stem plays (within ACTIVE_DB of its loudest).
 WINDOW_QUANTILE = 20.0
 ACTIVE_DB = 30.0
-# The filter's settings file in its output folder (what it ran on, with which key and speed).
-SETTINGS_FILE = "filter.json"
-
-
-def _db(value: float) -> float:
-    return 20 * math.log10(value) if value > 0 else -math.inf
-
-
-def level_db(wav: np.ndarray) -> float:
-    """``20 log10(mean |x|)``: the silent rule's measure of one stem."""
-    return _db(float(np.abs(np.asarray(wav, dtype=np.float64)).mean()))
-
-
-def is_silent(wav: np.ndarray) -> bool:
-    return level_db(wav) < SILENT_DB
 
 
 def volume_db(wav: np.ndarray) -> float:
     """``20 log10(sum |out|)`` over all samples and channels of one output."""
-    return _db(float(np.abs(np.asarray(wav, dtype=np.float64)).sum()))
+    return db(float(np.abs(np.asarray(wav, dtype=np.float64)).sum()))
 
 
 def margin_db(volumes: dict[str, float], stem: str) -> float | None:

@@ -189,6 +189,20 @@ def test_kinds_option_and_errors():
         synth.generate("/nonexistent", tracks=1, seconds=1, noise_rate=2, seed=0)
 
 
+def test_every_noise_kind_is_registered_with_its_maker():
+    # One registry: the weights, the CLI's list and the filter report's blind kinds all come from it.
+    from labelnoise import filter_report, noise
+
+    assert synth.NOISE_KINDS == tuple(noise.KINDS)
+    for name, kind in noise.KINDS.items():
+        # A kind no step of noisy_track makes is made by the one backend that can (sampled.misgroup).
+        assert kind.make or kind.finish or kind.renders, f"{name}: nothing makes it"
+    assert synth._kind_weights(None, "sine")[synth.NOISE_KINDS.index("misgroup")] == 0
+    with pytest.raises(ValueError, match="needs the sampled render backend"):
+        synth._kind_weights({"misgroup": 1}, "sine")
+    assert filter_report.BLIND_KINDS == ("other_song", "bleed < -12 dB")
+
+
 def test_cli(tmp_path, capsys):
     synth.main(["--out", str(tmp_path), "--tracks", "2", "--seconds", "0.5", "--noise-rate", "1",
                 "--seed", "4", "--samplerate", "16000", "--kinds", "swap=1,bleed=0,other_song=0,silent=0,partial=0"])

@@ -41,7 +41,8 @@ import sys
 from pathlib import Path
 
 from labelnoise.errors import command_line
-from labelnoise.selection import DEFAULT_DATA, select
+from labelnoise.files import FILTER_OUTPUTS, LABELS_FILE, POOL, REPORT_MD
+from labelnoise.selection import select
 
 log = logging.getLogger("auto_filter")
 
@@ -57,16 +58,15 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-fraction", type=float, default=None, metavar="F",
                         help="keep the best F (0-1] of each source by margin; overrides THRESHOLD")
     parser.add_argument("--outputs", type=Path, default=None,
-                        help="the filter's output folder (default evaluator_outputs_{suffix})")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"the track-folder dataset the filter ran on (default {DEFAULT_DATA})")
+                        help=f"the filter's output folder (default {FILTER_OUTPUTS})")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the track-folder dataset the filter ran on (default: data.root of configs/base.yaml)")
     parser.add_argument("--dest", type=Path, default=None,
-                        help="the pool dataset to write (default: next to --data, "
-                             "labelnoise_clean_dataset_predicted_by_{suffix})")
+                        help=f"the pool dataset to write (default: next to --data, {POOL})")
     parser.add_argument("--link", action="store_true",
                         help="hard-link the kept stems instead of copying them (a copy where links are refused)")
     parser.add_argument("--labels", type=Path, default=None,
-                        help="noise_labels.json for precision / recall (default DATA/noise_labels.json if present)")
+                        help=f"{LABELS_FILE} for precision / recall (default DATA/{LABELS_FILE} if present)")
     parser.add_argument("--holdout", default="0", metavar="N|auto",
                         help="N tracks stay out of the pool, to score the models trained on it; auto: 15 %% of "
                              "the tracks, 2 to 8 (default 0)")
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                  "n/a" if o["precision"] is None else f"{o['precision']:.3f}",
                  "n/a" if o["recall"] is None else f"{o['recall']:.3f}", sel.metrics["labelled"])
     if not args.dry_run:
-        log.info("report: %s", sel.dest / "report.md")
+        log.info("report: %s", sel.dest / REPORT_MD)
     return 0
 
 

@@ -38,6 +38,7 @@ from labelnoise.bag import BagError, load_model_or_bag
 from labelnoise.errors import command_line
 from labelnoise.evaluation import (MAX_LENGTH_DIFF, evaluate_dirs, evaluate_model, format_table,
                                    write_report)
+from labelnoise.files import MIXTURE_FILE
 from labelnoise.inference import MODES, PRECISIONS
 from labelnoise.track_metrics import parse_metrics
 
@@ -62,7 +63,7 @@ def parse_args(argv=None):
     run.add_argument("--model", help="checkpoint or bag YAML to separate with")
     run.add_argument("--model-config", type=Path,
                      help="the model config of a bare state dict (ours, or an MSST config)")
-    run.add_argument("--tracks", type=Path, help="test set: <track>/{sources}.wav [+ mixture.wav]")
+    run.add_argument("--tracks", type=Path, help=f"test set: <track>/{{sources}}.wav [+ {MIXTURE_FILE}]")
     run.add_argument("--out", type=Path, help="also write the estimates here")
     run.add_argument("--float32", action="store_true", help="write float WAV estimates")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -49,6 +49,7 @@ from labelnoise import distributed
 from labelnoise.audio import AudioError
 from labelnoise.bag import BagError, load_model_or_bag
 from labelnoise.errors import command_line
+from labelnoise.files import filter_outputs_dir, suffix
 from labelnoise.filtering import FilterError, default_out_dir, run_filter
 from labelnoise.inference import MODES, PRECISIONS
 
@@ -69,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shifts", type=int, default=None,
                         help="random shifts averaged (default 1 in overlap mode, 0 in plain)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default evaluator_outputs_{name}_key{key}_speed{speed})")
+                        help=f"output folder (default {filter_outputs_dir(suffix('{name}', '{key}', '{speed}'))})")
     parser.add_argument("--save-audio", action="store_true",
                         help="also write the four outputs as OUT/{stem}/{track}/{source}.wav")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
