@@ -74,7 +74,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from labelnoise import SOURCES, pipeline, runner
+from labelnoise import SOURCES, files, pipeline, runner
 from labelnoise.atomic import write_json, write_text
 from labelnoise.config import load_config
 from labelnoise.demo import make_set as make_set_of
@@ -282,10 +282,10 @@ def write_all_stems_pool(data: Path) -> None:
     """Part 2's pool layout (``train/{stem}/{track}.wav``, hard links) holding every stem of ``data``."""
     tracks = sorted(p.name for p in data.iterdir() if p.is_dir())
     dest = all_stems_pool(data)
-    if (dest / "done").is_file():
+    if (dest / files.DONE_FILE).is_file():
         return
     write_pool(data, dest, {s: tracks for s in SOURCES}, link=True, progress=False)
-    write_text(dest / "done", f"{len(tracks)} tracks x {len(SOURCES)} stems\n")
+    write_text(dest / files.DONE_FILE, f"{len(tracks)} tracks x {len(SOURCES)} stems\n")
 
 
 # ---------------------------------------------------------------- one arm
@@ -300,9 +300,9 @@ def truncation_shares(runs: Path) -> dict | None:
     parts = []
     for step in PART1:
         run = runs / step
-        if (run / "metrics.jsonl").is_file() and (run / "config.yaml").is_file():
-            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            parts.append(noisy_shares(records, read_mapping(run / "config.yaml")))
+        if (run / files.METRICS_FILE).is_file() and (run / files.CONFIG_FILE).is_file():
+            records = [json.loads(line) for line in (run / files.METRICS_FILE).read_text().splitlines() if line.strip()]
+            parts.append(noisy_shares(records, read_mapping(run / files.CONFIG_FILE)))
     return combined_shares(parts)
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import pipeline, runner
+from .files import LABELS_FILE, SYNTH_FILE
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def refuse_other_data(folder: Path, difference: str) -> None:
     if difference:
         what = f"holds other data ({difference})"
     else:
-        what = "holds other data (not a synthetic set this project made: no complete synth.json and noise_labels.json)"
+        what = (f"holds other data (not a synthetic set this project made: no complete {SYNTH_FILE} and "
+                f"{LABELS_FILE})")
     raise pipeline.PipelineError(
         f"{folder}: {what}; it is left as it is. Give --data a new or empty folder for the generated sets; "
         f"to run the method on your own stems: python -m labelnoise.pipeline run all --data YOUR_TRACKS "

@@ -47,6 +47,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import files
 
 PARTS = ("part1", "part2", "all")
 KINDS = ("train", "filter", "select", "bag")
@@ -56,7 +57,7 @@ FINETUNES = ("vocals", "bass", "drums", "other_trunc")
 # The two filter passes: (filter name, the run whose model filters, the filter's chunking).
 # The first uses overlap-add, the second plain normalised chunks (REFERENCE.md).
 FILTERS = (("pretrain3", PART1[-1], "overlap"), ("filtered360", JOINT, "plain"))
-BAG_FILE = "final.yaml"
+BAG_FILE = files.BAG_FILE
 BAG_STAGE = "bag"
 # The models the final bag may take each source from: its fine-tunes, then joint360. The bag takes the one
 # that scores best on tracks Part 2 did not train on (labelnoise.final_bag); a tie goes to the first.
@@ -161,15 +162,15 @@ class Stage:
 
 def suffix(name: str, layout: Layout) -> str:
     """auto_filter's naming of one filter run: ``pretrain3_key6_speed200``."""
-    return f"{name}_key{layout.key}_speed{layout.speed}"
+    return files.suffix(name, layout.key, layout.speed)
 
 
 def filter_outputs(name: str, layout: Layout) -> str:
-    return f"{layout.runs}/evaluator_outputs_{suffix(name, layout)}"
+    return f"{layout.runs}/{files.filter_outputs_dir(suffix(name, layout))}"
 
 
 def pool_dir(name: str, layout: Layout) -> str:
-    return f"{layout.pools}/labelnoise_clean_dataset_predicted_by_{suffix(name, layout)}"
+    return f"{layout.pools}/{files.POOL.format(suffix=suffix(name, layout))}"
 
 
 # ---------------------------------------------------------------- overrides
@@ -225,15 +226,15 @@ def _threshold_args(layout: Layout) -> list[str]:
 def _train(name: str, after: tuple[str, ...], data: str, layout: Layout, part: str) -> Stage:
     argv = ("train.py", f"{layout.configs}/{name}.yaml", f"run.root={layout.runs}", f"data.root={data}",
             *scoped(layout, scopes(name, part)))
-    return Stage(name, "train", after, argv, f"{layout.runs}/{name}/done", parallel=True, part=part)
+    return Stage(name, "train", after, argv, f"{layout.runs}/{name}/{files.DONE_FILE}", parallel=True, part=part)
 
 
 def _filter(name: str, model_run: str, mode: str, layout: Layout) -> Stage:
     out = filter_outputs(name, layout)
-    argv = ("filter.py", "--model", f"{layout.runs}/{model_run}/model.th", "--data", layout.data,
+    argv = ("filter.py", "--model", f"{layout.runs}/{model_run}/{files.MODEL_FILE}", "--data", layout.data,
             "--name", name, "--key", str(layout.key), "--speed", str(layout.speed),
             "--mode", mode, "--out", out)
-    return Stage(f"filter_{name}", "filter", (model_run,), argv, f"{out}/volumes.jsonl", parallel=True)
+    return Stage(f"filter_{name}", "filter", (model_run,), argv, f"{out}/{files.VOLUMES_FILE}", parallel=True)
 
 
 def holdout_count(layout: Layout) -> str:
@@ -247,7 +248,7 @@ def _select(name: str, layout: Layout) -> Stage:
     argv = ("auto_filter.py", name, str(layout.key), str(layout.speed), *_threshold_args(layout),
             "--outputs", filter_outputs(name, layout), "--data", layout.data, "--dest", dest, "--link",
             *(["--holdout", holdout] if holdout != "0" else []))
-    return Stage(f"select_{name}", "select", (f"filter_{name}",), argv, f"{dest}/selection.json")
+    return Stage(f"select_{name}", "select", (f"filter_{name}",), argv, f"{dest}/{files.SELECTION_FILE}")
 
 
 def stages_of_method(layout: Layout) -> list[Stage]:
@@ -283,7 +284,7 @@ def arm_stages(arm: Arm, layout: Layout) -> list[Stage]:
         if previous is not None:
             argv.append(f"run.init_from={previous}")
         out.append(Stage(name, "train", (previous,) if previous else (), tuple(argv),
-                         f"{layout.runs}/{name}/done", parallel=True, part=arm.name, repeats=step))
+                         f"{layout.runs}/{name}/{files.DONE_FILE}", parallel=True, part=arm.name, repeats=step))
         previous = name
     return out
 
@@ -444,9 +445,9 @@ def main(argv=None) -> int:
                          help="tsv: a line per stage for shell scripts; runs: the run root alone")
     from . import runner
     runner.add_run_arguments(run)
-    bag = sub.add_parser("bag", help="write RUNS/final.yaml: each source from its best model on held-out tracks")
+    bag = sub.add_parser("bag", help=f"write RUNS/{BAG_FILE}: each source from its best model on held-out tracks")
     bag.add_argument("--runs", default="runs")
-    bag.add_argument("--selection", help="the second filter's pool (its selection.json lists the held-out tracks)")
+    bag.add_argument("--selection", help=f"the second filter's pool (its {files.SELECTION_FILE} lists the held-out tracks)")
     bag.add_argument("--data", help="the track folders the held-out tracks are in")
     bag.add_argument("--valid", help="clean validation track folders, instead of the held-out tracks")
     bag.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -29,6 +29,7 @@ from pathlib import Path
 from . import SOURCES
 from .atomic import write_text
 from .document import Doc, fmt
+from .files import CONFIG_FILE, MARGINS_CSV, MARGINS_PNG, METRICS_FILE, REPORT_HTML, REPORT_MD, SELECTION_FILE
 from .filter_report import blind_text
 from .final_bag import HELDOUT_FILE
 from .pipeline import ARMS, BAG_CANDIDATES, BAG_FILE, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1
@@ -39,8 +40,7 @@ from .synth import LABELS_FILE, PARAMS_FILE
 from .yamlio import read_mapping
 
 FILES_DIR = "report_files"
-MD_FILE = "report.md"
-HTML_FILE = "report.html"
+MD_FILE, HTML_FILE = REPORT_MD, REPORT_HTML
 # The demo's own targets (filter precision and recall, truncation's noisy-share ratio).
 MIN_PRECISION = 0.9
 MIN_RECALL = 0.5
@@ -148,17 +148,17 @@ def gather(out: str | Path) -> Facts:
             facts.scores[name] = _read_json(Path(stage["eval"]))
         if stage["kind"] == "train":
             run = Path(stage["done"]).parent
-            if (run / "metrics.jsonl").is_file():
-                facts.metrics[name] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if (run / METRICS_FILE).is_file():
+                facts.metrics[name] = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()
                                        if line.strip()]
-            if (run / "config.yaml").is_file():
-                facts.configs[name] = read_mapping(run / "config.yaml", ReportError)
+            if (run / CONFIG_FILE).is_file():
+                facts.configs[name] = read_mapping(run / CONFIG_FILE, ReportError)
         if stage["kind"] == "select" and stage["selection"]:
             dest = Path(stage["selection"])
-            if (dest / "selection.json").is_file():
-                facts.selections[name] = _read_json(dest / "selection.json")
-            if (dest / "margins.csv").is_file():
-                with open(dest / "margins.csv", newline="") as f:
+            if (dest / SELECTION_FILE).is_file():
+                facts.selections[name] = _read_json(dest / SELECTION_FILE)
+            if (dest / MARGINS_CSV).is_file():
+                with open(dest / MARGINS_CSV, newline="") as f:
                     facts.margins[name] = list(csv.DictReader(f))
     return facts
 
@@ -335,12 +335,12 @@ def _filters(doc: Doc, facts: Facts, files: Path) -> None:
     kinds = {n: ((facts.selections.get(n) or {}).get("metrics") or {}).get("per_kind") or {} for n in shown}
     names = list(dict.fromkeys(k for per in kinds.values() for k in per))
     if names:
-        doc.p("What each filter kept, by the stem's true state (`noise_labels.json`): a filter can only drop a stem "
+        doc.p(f"What each filter kept, by the stem's true state (`{LABELS_FILE}`): a filter can only drop a stem "
               "whose content sounds unlike its label.")
         doc.table(["true state", *(f"kept by {shown[n]}" for n in shown)],
                   [[k, *(f"{kinds[n][k]['kept']} / {kinds[n][k]['total']}" if k in kinds[n] else "" for n in shown)]
                    for k in names])
-    doc.image(plot_margins(facts, files / "margins.png"), "margin histograms of both filters")
+    doc.image(plot_margins(facts, files / MARGINS_PNG), "margin histograms of both filters")
 
 
 def _bag(doc: Doc, facts: Facts) -> None:
@@ -438,7 +438,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelnoise.report",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Write a run folder's report.md and report.html from its files.",
+                                     description=f"Write a run folder's {REPORT_MD} and {REPORT_HTML} from its files.",
                                      epilog=__doc__.split("\n\n")[1])
     parser.add_argument("out", type=Path, nargs="?", default=Path("runs/demo"),
                         help="a run folder of python -m labelnoise.pipeline run or labelnoise.demo "

@@ -42,6 +42,8 @@ from .config import build_model, run_path, save_config
 from .dirlock import FolderBusy, folder_lock
 from .ema import WeightAverage
 from .errors import naming
+from .files import (BEST_MODEL_FILE, CHECKPOINT_FILE, CONFIG_FILE, DONE_FILE, EMA_MODEL_FILE, METRICS_FILE,
+                    MODEL_FILE)
 from .losses import ReconstructionLoss
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,7 @@ class RunState:
 
     # ------------------------------------------------------------ the run dir
     def finished(self) -> bool:
-        return (self.dir / "done").is_file()
+        return (self.dir / DONE_FILE).is_file()
 
     def agreed(self, value):
         """Rank 0's ``value`` on every rank."""
@@ -161,8 +163,8 @@ class RunState:
         self.check_same_start(origin)
         if self.dist.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.dir / "config.yaml")
-        path = self.dir / "metrics.jsonl"
+            save_config(self.cfg, self.dir / CONFIG_FILE)
+        path = self.dir / METRICS_FILE
         if self.dist.is_main and path.exists() and path.stat().st_size > self.progress.metrics_bytes:
             with open(path, "r+b") as f:
                 f.truncate(self.progress.metrics_bytes)
@@ -173,7 +175,7 @@ class RunState:
         if not self.dist.is_main:
             return
         line = json.dumps(record) + "\n"
-        path = self.dir / "metrics.jsonl"
+        path = self.dir / METRICS_FILE
         with naming(path), open(path, "a") as f:
             f.write(line)
         self.progress.metrics_bytes += len(line.encode())
@@ -187,8 +189,8 @@ class RunState:
         """Every rank calls this (the RNG states are gathered); rank 0 writes."""
         state = self.state_dict()
         if self.dist.is_main:
-            save_atomic(state, self.dir / "checkpoint.th")
-            log.info("saved %s (epoch %d, step %d)", self.dir / "checkpoint.th", self.progress.epoch,
+            save_atomic(state, self.dir / CHECKPOINT_FILE)
+            log.info("saved %s (epoch %d, step %d)", self.dir / CHECKPOINT_FILE, self.progress.epoch,
                      self.progress.step)
         self._last_save = time.monotonic()
 
@@ -197,19 +199,19 @@ class RunState:
         p = self.progress
         if p.best_sdr is None or sdr > p.best_sdr:
             p.best_sdr = sdr
-            save_model(self.model, self.dir / "best.th", config=self.cfg, epoch=p.epoch, sdr=sdr)
+            save_model(self.model, self.dir / BEST_MODEL_FILE, config=self.cfg, epoch=p.epoch, sdr=sdr)
 
     def finish(self) -> None:
         """The final weights (and their EMA), then ``done``: a run that has it returns at once."""
         p = self.progress
         if self.dist.is_main:
-            save_model(self.model, self.dir / "model.th", config=self.cfg, epoch=p.epoch, step=p.step)
+            save_model(self.model, self.dir / MODEL_FILE, config=self.cfg, epoch=p.epoch, step=p.step)
             if self.ema is not None:
                 averaged = build_model(self.cfg)
                 averaged.load_state_dict(self.ema.weights)
-                save_model(averaged, self.dir / "model_ema.th", config=self.cfg, epoch=p.epoch, step=p.step,
+                save_model(averaged, self.dir / EMA_MODEL_FILE, config=self.cfg, epoch=p.epoch, step=p.step,
                            ema=self.ema.decay)
-            write_text(self.dir / "done", f"epoch {p.epoch} step {p.step} bad_steps {p.bad_steps}\n")
+            write_text(self.dir / DONE_FILE, f"epoch {p.epoch} step {p.step} bad_steps {p.bad_steps}\n")
         distributed.barrier()
 
     # ------------------------------------------------------------ checkpoints
@@ -229,13 +231,13 @@ class RunState:
 
     def restore(self) -> str:
         """Load where this run starts from (the resume order above); returns a word for the log."""
-        own = self.dir / "checkpoint.th"
+        own = self.dir / CHECKPOINT_FILE
         run = self.cfg["run"]
         if own.is_file():
             return self._restore_own(own)
         if run["resume_from"] is not None:
             # A fine-tune continues a finished run "for N more epochs"; a run still going is no base.
-            path = self._finished_run_file("resume_from", "checkpoint.th")
+            path = self._finished_run_file("resume_from", CHECKPOINT_FILE)
             if not path.is_file():
                 raise TrainingError(f"{path}: run.resume_from names no checkpoint (has that run started?)")
             state = _read_state(path, "run.resume_from")
@@ -248,7 +250,7 @@ class RunState:
             p.start_step = p.step
             return f"resume_from {path} (epoch {p.epoch})"
         if run["init_from"] is not None:
-            path = self._finished_run_file("init_from", "model.th")
+            path = self._finished_run_file("init_from", MODEL_FILE)
             try:
                 source = load_model(path, config=self.cfg)
             except CheckpointError as exc:
@@ -290,8 +292,8 @@ class RunState:
         path = run_path(self.cfg, self.cfg["run"][key])
         if not path.is_dir():
             return path
-        if not (path / "done").is_file():
-            raise TrainingError(f"{path}: run.{key} names a run that has not finished (no 'done')")
+        if not (path / DONE_FILE).is_file():
+            raise TrainingError(f"{path}: run.{key} names a run that has not finished (no {DONE_FILE})")
         return path / name
 
     def _load_weights(self, state_dict: dict, path: Path) -> None:

@@ -58,6 +58,7 @@ from .augment import Remix
 from .config import build_model, run_dir
 from .data import EpochSampler
 from .ema import WeightAverage
+from .files import DONE_FILE, LABELS_FILE, MODEL_FILE
 from .losses import ReconstructionLoss
 from .progress import bar as progress_bar
 from .run_state import RunState, TrainingError
@@ -153,7 +154,7 @@ class Trainer:
         self.dataset = build_dataset(cfg, item_transform)
         self.sampler = EpochSampler(self.dataset, rank=self.dist.rank, world_size=self.dist.world_size,
                                     seed=run["seed"])
-        labels = Path(cfg["data"]["root"]) / "noise_labels.json"
+        labels = Path(cfg["data"]["root"]) / LABELS_FILE
         # Ground truth of synthetic sets (labelnoise.synth): which stems truncation drops, noisy or clean.
         self.noise = (NoiseLabels(json.loads(labels.read_text()), self.dataset, self.sources)
                       if labels.is_file() else None)
@@ -177,11 +178,11 @@ class Trainer:
         # Every rank must see the same run dir: one that finds `done` where another does not would wait forever.
         self.state.check_same_start("a finished run" if finished else "an unfinished run")
         if finished:
-            log.info("%s: finished already (found 'done')", self.dir)
+            log.info("%s: finished already (found '%s')", self.dir, DONE_FILE)
             return EXIT_DONE
         with self.state.exclusive():
             if self.state.agreed(self.state.finished()):  # another trainer finished it meanwhile
-                log.info("%s: finished already (found 'done')", self.dir)
+                log.info("%s: finished already (found '%s')", self.dir, DONE_FILE)
                 return EXIT_DONE
             try:
                 return self._run(stop_after)
@@ -206,7 +207,7 @@ class Trainer:
         if p.step > p.start_step and p.good_steps == 0:
             raise TrainingError(
                 f"{self.dir}: every one of the {p.step - p.start_step} steps had a non-finite loss or "
-                f"gradient and was skipped, so nothing was trained and no model.th is written; look for "
+                f"gradient and was skipped, so nothing was trained and no {MODEL_FILE} is written; look for "
                 f"stems with extreme levels in {self.cfg['data']['root']} or lower optim.lr")
         self.state.finish()
         log.info("%s: done (%d epochs, %d steps, %d skipped as non-finite)", self.dir, p.epoch, p.step,
