@@ -269,7 +269,7 @@ def _table(sources, table) -> list[str]:
     return lines
 
 
-def write_report(report: dict, *, json_path: str | os.PathLike | None = None,
+def write_scores(report: dict, *, json_path: str | os.PathLike | None = None,
                  csv_path: str | os.PathLike | None = None) -> None:
     """The whole report as JSON; one CSV row per track (sources, then mean), per metric with several."""
     if json_path is not None:

@@ -29,6 +29,7 @@ from collections import defaultdict
 import numpy as np
 
 from .atomic import atomic_path, write_text
+from .document import save_figure
 from .files import MARGINS_CSV, MARGINS_PNG, REPORT_MD, SWEEP_PNG, clean_stems_name
 from .noise import KINDS
 
@@ -147,15 +148,10 @@ def _db(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _save(fig, path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
 def _grid(n: int, width: float = 5.0, height: float = 3.4):
     cols = min(n, 2) if n <= 4 else 3
     rows = math.ceil(n / cols)
-    from matplotlib.figure import Figure  # the [report] extra; write_report checks it is there
+    from matplotlib.figure import Figure  # the [report] extra; write_selection_report checks it is there
     fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
 
@@ -184,7 +180,7 @@ def plot_margins(path, stems, sources, thresholds, threshold_rules, title: str) 
         ax.set_ylabel("stems")
         ax.legend(fontsize=8)
     fig.suptitle(f"Margins per source; rule: {title}", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_sweep(path, stems, sources, thresholds) -> None:
@@ -205,7 +201,7 @@ def plot_sweep(path, stems, sources, thresholds) -> None:
         ax.set_xlabel("threshold (dB)")
         ax.legend(fontsize=8)
     fig.suptitle('Precision and recall of "clean" against the threshold', fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path, dpi=100)
 
 
 def _fmt(x) -> str:
@@ -264,7 +260,7 @@ def report_text(sel) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(sel) -> None:
+def write_selection_report(sel) -> None:
     """report.md, margins.png, margins.csv and (with labels) sweep.png in the selection's DEST."""
     sources = list(sel.counts)
     write_csv(sel.dest / MARGINS_CSV, sel.stems)

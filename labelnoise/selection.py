@@ -498,7 +498,7 @@ def select(model: str, key: int, speed: int, threshold: str | float | None = "20
     write_json(dest / clean_stems_name(sfx), kept)
     sel.files = write_pool(data, dest, kept, link=link, progress=progress)
     if report:
-        filter_report.write_report(sel)
+        filter_report.write_selection_report(sel)
     write_json(dest / SELECTION_FILE, sel.to_json(complete=True))
     log.info("pool %s: %d copied, %d linked, %d already there, %d removed", dest / "train",
              sel.files["copied"], sel.files["linked"], sel.files["existing"], sel.files["removed"])

@@ -37,7 +37,7 @@ from labelnoise.audio import AudioError
 from labelnoise.bag import BagError, load_model_or_bag
 from labelnoise.errors import command_line
 from labelnoise.evaluation import (MAX_LENGTH_DIFF, evaluate_dirs, evaluate_model, format_table,
-                                   write_report)
+                                   write_scores)
 from labelnoise.files import MIXTURE_FILE
 from labelnoise.inference import MODES, PRECISIONS
 from labelnoise.track_metrics import parse_metrics
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     print(format_table(report))
     if report["aligned"]:
         log.warning("cropped to equal length: %s", report["aligned"])
-    write_report(report, json_path=args.json, csv_path=args.csv)
+    write_scores(report, json_path=args.json, csv_path=args.csv)
     return 0
 
 
