@@ -270,8 +270,8 @@ def arm_chain(arm: Arm, layout: pipeline.Layout) -> list[pipeline.Stage]:
     if arm.method:
         return chain
     if arm.pool_all:
-        return pipeline.select_from(chain, pipeline.JOINT, pipeline.JOINT)
-    return pipeline.select_from(chain, None, pipeline.JOINT if arm.filtered else pipeline.PART1[-1])
+        return pipeline.stages_between(chain, pipeline.JOINT, pipeline.JOINT)
+    return pipeline.stages_between(chain, None, pipeline.JOINT if arm.filtered else pipeline.PART1[-1])
 
 
 def all_stems_pool(data: Path) -> Path:

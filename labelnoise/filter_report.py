@@ -1,6 +1,6 @@
 """The automatic filter's report: what was kept, why, and (with labels) how well.
 
-Written into the pool dataset's folder by ``labelnoise.selection.select``:
+Written into the pool dataset's folder by ``labelnoise.selection.select_clean_stems``:
 
 - ``report.md``: stems kept / total per source, the threshold of each source
   and the rule that chose it; with labels, precision / recall / F1 of "clean"

@@ -335,7 +335,7 @@ def with_budget(chain: list[Stage], layout: Layout) -> list[Stage]:
     return out
 
 
-def select_from(chain: list[Stage], start: str | None, stop: str | None = None) -> list[Stage]:
+def stages_between(chain: list[Stage], start: str | None, stop: str | None = None) -> list[Stage]:
     """The stages from ``start`` to ``stop`` (both included; None: the ends); unknown names are errors."""
     names = [s.name for s in chain]
     for name in (start, stop):
@@ -397,7 +397,7 @@ def layout_from(args: argparse.Namespace) -> Layout:
 
 def chain_from(args: argparse.Namespace, part: str) -> tuple[Layout, list[Stage]]:
     layout = layout_from(args)
-    return layout, select_from(stages(part, layout), args.start, args.stop)
+    return layout, stages_between(stages(part, layout), args.start, args.stop)
 
 
 def _print(chain: list[Stage], fmt: str, nproc: int) -> None:

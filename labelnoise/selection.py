@@ -5,8 +5,8 @@
 decisions and writes the dataset Part 2 trains on. ``auto_filter.py`` is its
 command line; the demo and tests call ``select`` directly::
 
-    from labelnoise.selection import select, read_selection
-    sel = select("filtered360", 6, 200, "20", data="data/labelnoise")
+    from labelnoise.selection import select_clean_stems, read_selection
+    sel = select_clean_stems("filtered360", 6, 200, "20", data="data/labelnoise")
     sel.thresholds, sel.kept, sel.metrics      # also in DEST/selection.json
     read_selection(sel.dest)                    # the same, read back
 
@@ -421,16 +421,16 @@ def write_pool(data: Path, dest: Path, kept: dict[str, list[str]], *, link: bool
 
 # ---------------------------------------------------------------- the whole step
 
-def select(model: str, key: int, speed: int, threshold: str | float | None = "20", *,
-           keep_fraction: float | None = None, outputs=None, data=None, dest=None,
-           labels=None, link: bool = False, dry_run: bool = False, report: bool = True,
-           progress: bool = True, sources=SOURCES, holdout: int | str = 0) -> Selection:
+def select_clean_stems(model_name: str, key: int, speed: int, threshold: str | float | None = "20", *,
+                       keep_fraction: float | None = None, outputs=None, data=None, dest=None,
+                       labels=None, link: bool = False, dry_run: bool = False, report: bool = True,
+                       progress: bool = True, sources=SOURCES, holdout: int | str = 0) -> Selection:
     """Read the filter's volumes, choose thresholds, decide, and write DEST (nothing with ``dry_run``).
 
     ``holdout``: that many tracks, or ``auto`` (labelnoise.holdout), stay out of the pool; the stems of
     theirs that are kept are listed in selection.json under ``held_out``.
     """
-    sfx = suffix(model, key, speed)
+    sfx = suffix(model_name, key, speed)
     rule = Rule.parse(threshold, keep_fraction)
     data = Path(data) if data is not None else default_data()
     outputs = Path(outputs) if outputs is not None else filter_outputs_dir(sfx)

@@ -227,14 +227,14 @@ def choose(targets: list[str], layout: pipeline.Layout, start: str | None,
            stop: str | None = None) -> list[pipeline.Stage]:
     """The stages of a part, or the named stages in the pipeline's order."""
     if len(targets) == 1 and targets[0] in pipeline.PARTS:
-        return pipeline.select_from(pipeline.stages(targets[0], layout), start, stop)
+        return pipeline.stages_between(pipeline.stages(targets[0], layout), start, stop)
     chain = pipeline.stages("all", layout)
     names = [s.name for s in chain]
     unknown = [t for t in targets if t not in names]
     if unknown:
         raise SubmitError(f"unknown stage(s) {', '.join(unknown)}; parts: {', '.join(pipeline.PARTS)}; "
                           f"stages: {', '.join(names)}")
-    return pipeline.select_from([s for s in chain if s.name in targets], start, stop)
+    return pipeline.stages_between([s for s in chain if s.name in targets], start, stop)
 
 
 def _in_queue(job_id: str) -> bool:

@@ -14,7 +14,7 @@ import soundfile as sf
 import auto_filter
 from labelnoise import SOURCES, selection, synth, volumes
 from labelnoise.holdout import count as holdout_count, held_out
-from labelnoise.selection import read_selection, select
+from labelnoise.selection import read_selection, select_clean_stems
 from labelnoise.thresholds import Rule, keep_fraction as keep_fraction_threshold, otsu as otsu_threshold
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def levels(tmp_path):
 
 def test_decision_rule_at_known_levels(levels, tmp_path):
     data, outputs, tracks = levels
-    sel = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False)
+    sel = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False)
     assert sel.kept["drums"] == ["clean"]
     assert sel.kept["bass"] == sorted(tracks)
     by_track = {st.track: st for st in sel.stems if st.stem == "drums"}
@@ -86,7 +86,7 @@ def test_decision_rule_at_known_levels(levels, tmp_path):
     for st in sel.stems:
         assert st.kept == (not st.silent and bool(volumes.is_clean(st.volumes, st.stem, 20.0)))
     # A negative threshold keeps the edge and the bleed, never the silent stem.
-    low = select("m", 6, 200, "-5", data=data, outputs=outputs, dest=tmp_path / "low", progress=False,
+    low = select_clean_stems("m", 6, 200, "-5", data=data, outputs=outputs, dest=tmp_path / "low", progress=False,
                  report=False)
     assert low.kept["drums"] == ["bleed", "clean", "edge"]
     # Without labels: no figures against them, the margins still drawn.
@@ -115,7 +115,7 @@ def test_original_wav_layout_measured_and_cached(tmp_path, monkeypatch):
     (outputs / "other" / "c").mkdir(parents=True)                       # a folder the writer never filled
     sf.write(str(outputs / "other" / "c" / "drums.wav"), np.zeros((10, 2), np.float32), SR)
 
-    sel = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False)
+    sel = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False)
     assert sel.volumes_from == "wav"
     a = next(st for st in sel.stems if st.track == "a")
     for source, amp in amps_a.items():  # 20 log10(sum |x|) over 1000 frames x 2 channels
@@ -136,7 +136,7 @@ def test_original_wav_layout_measured_and_cached(tmp_path, monkeypatch):
     real = selection._measure_folder
     monkeypatch.setattr(selection, "_measure_folder", lambda *a: calls.append(a[0].name) or real(*a))
     _write_outputs(outputs, "vocals", "b", {"drums": 0.01, "bass": 0.01, "other": 0.01, "vocals": 0.25}, frames=1200)
-    again = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool2", progress=False,
+    again = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool2", progress=False,
                    report=False)
     assert calls == ["b"]
     assert again.kept["vocals"] == ["b"] and again.kept["drums"] == ["a"]
@@ -169,7 +169,7 @@ def test_pool_layout_json_and_links(labelled, tmp_path):
     data, outputs, tracks, labels = labelled
     before = _snapshot(data)
     dest = tmp_path / "pool"
-    sel = select("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
+    sel = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
     expected = {s: sorted(t for i, t in enumerate(tracks) if (i + k) % 2 == 0 or (s, t) == ("drums", "t1"))
                 for k, s in enumerate(SOURCES)}
     assert sel.kept == expected
@@ -185,7 +185,7 @@ def test_pool_layout_json_and_links(labelled, tmp_path):
     assert saved["complete"] and saved["kept"] == expected and saved["thresholds"] == {s: 20.0 for s in SOURCES}
     assert saved["settings"]["rule"] == "fixed" and saved["settings"]["value"] == 20.0
 
-    linked = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "linked", link=True,
+    linked = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "linked", link=True,
                     progress=False, report=False)
     assert linked.files["linked"] == sum(map(len, expected.values()))
     for s, ts in expected.items():
@@ -197,9 +197,9 @@ def test_pool_layout_json_and_links(labelled, tmp_path):
 
 def test_held_out_tracks_stay_out_of_the_pool(labelled, tmp_path):
     data, outputs, tracks, labels = labelled
-    everything = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "all", progress=False,
+    everything = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "all", progress=False,
                         report=False)
-    sel = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "held", progress=False,
+    sel = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "held", progress=False,
                  report=False, holdout=3)
     aside = held_out(tracks, 3)
     assert len(aside) == 3 and aside == held_out(reversed(tracks), 3)  # the names decide, not their order
@@ -211,7 +211,7 @@ def test_held_out_tracks_stay_out_of_the_pool(labelled, tmp_path):
     saved = read_selection(tmp_path / "held")
     assert saved["held_out"] == sel.held_out and saved["settings"]["holdout"] == 3
     with pytest.raises(ValueError, match="other settings"):  # the same DEST with another holdout
-        select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "held", progress=False, holdout=2)
+        select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "held", progress=False, holdout=2)
     with pytest.raises(ValueError, match="8 of 8 tracks would leave none"):
         held_out(tracks, 8)
     # auto: 15 % of the tracks, at least 2, at most 8; none for a handful.
@@ -228,7 +228,7 @@ def test_link_falls_back_to_copy_across_file_systems(labelled, tmp_path, monkeyp
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(selection.os, "link", cross_device)
-    sel = select("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool", link=True, progress=False,
+    sel = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool", link=True, progress=False,
                  report=False)
     n = sum(map(len, sel.kept.values()))
     assert sel.files == {"copied": n, "linked": 0, "existing": 0, "removed": 0}
@@ -239,24 +239,24 @@ def test_link_falls_back_to_copy_across_file_systems(labelled, tmp_path, monkeyp
 def test_rerun_is_idempotent_and_other_settings_refused(labelled, tmp_path):
     data, outputs, _, _ = labelled
     dest = tmp_path / "pool"
-    first = select("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
+    first = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
     n = sum(map(len, first.kept.values()))
     files = _snapshot(dest / "train")
     (dest / "train" / "drums" / "t7.wav").write_bytes(b"left over")       # not kept (t7 drums is noisy)
     (dest / "train" / "bass" / ".t0.wav.tmp.x.wav").write_bytes(b"half")  # a killed copy's temp file
-    again = select("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
+    again = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
     assert again.files == {"copied": 0, "linked": 0, "existing": n, "removed": 2}
     assert _snapshot(dest / "train") == files
     for other in ({"threshold": "10"}, {"threshold": "auto"}, {"keep_fraction": 0.5}):
         with pytest.raises(ValueError, match="other settings"):
-            select("m", 6, 200, data=data, outputs=outputs, dest=dest, progress=False, **other)
+            select_clean_stems("m", 6, 200, data=data, outputs=outputs, dest=dest, progress=False, **other)
     with pytest.raises(ValueError, match="other settings"):
-        select("m", 4, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
+        select_clean_stems("m", 4, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "mine.txt").write_text("user file")
     with pytest.raises(ValueError, match="not made by auto_filter"):
-        select("m", 6, 200, "20", data=data, outputs=outputs, dest=foreign, progress=False)
+        select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=foreign, progress=False)
 
 
 def test_never_writes_into_the_dataset(labelled, tmp_path):
@@ -264,14 +264,14 @@ def test_never_writes_into_the_dataset(labelled, tmp_path):
     before = _snapshot(data)
     for dest in (data / "pool", data, data.parent):
         with pytest.raises(ValueError, match="overlaps the source dataset"):
-            select("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
+            select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
     with pytest.raises(ValueError, match="overlaps the filter's outputs"):
-        select("m", 6, 200, "20", data=data, outputs=outputs, dest=outputs / "drums" / "x", progress=False)
+        select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=outputs / "drums" / "x", progress=False)
     assert _snapshot(data) == before
     with pytest.raises(ValueError, match="not in the dataset"):  # outputs of another dataset
         other = tmp_path / "other_data"
         _make_dataset(other, ["t0"])
-        select("m", 6, 200, "20", data=other, outputs=outputs, dest=tmp_path / "p", progress=False)
+        select_clean_stems("m", 6, 200, "20", data=other, outputs=outputs, dest=tmp_path / "p", progress=False)
 
 
 def test_thresholds_on_bimodal_margins(tmp_path):
@@ -296,7 +296,7 @@ def test_thresholds_on_bimodal_margins(tmp_path):
     entries = [e for e in entries if e[1] != "vocals" or e[0] in ("t00", "t01", "t19")]
     outputs = tmp_path / "outs"
     _write_volumes(outputs, entries)
-    auto = select("m", 6, 200, "otsu", data=data, outputs=outputs, dest=tmp_path / "auto", progress=False,
+    auto = select_clean_stems("m", 6, 200, "otsu", data=data, outputs=outputs, dest=tmp_path / "auto", progress=False,
                   report=False)
     for k, s in enumerate(SOURCES[:3]):
         assert low.max() + k < auto.thresholds[s] < high.min() + k
@@ -304,7 +304,7 @@ def test_thresholds_on_bimodal_margins(tmp_path):
         assert auto.threshold_rules[s].startswith("otsu over 20")
     assert "pooled" in auto.threshold_rules["vocals"] and auto.counts["vocals"]["missing"] == 17
     assert auto.threshold_rules["vocals"].startswith("otsu over 63 stems of all sources pooled")
-    frac = select("m", 6, 200, keep_fraction=0.25, data=data, outputs=outputs, dest=tmp_path / "frac", progress=False,
+    frac = select_clean_stems("m", 6, 200, keep_fraction=0.25, data=data, outputs=outputs, dest=tmp_path / "frac", progress=False,
                   report=False)
     assert [len(frac.kept[s]) for s in SOURCES] == [5, 5, 5, 1]  # round(0.25 x 3) = 1
     best = np.argsort(values)[-5:]
@@ -319,7 +319,7 @@ def test_thresholds_on_bimodal_margins(tmp_path):
 def test_precision_without_the_stems_a_per_stem_filter_cannot_see(labelled, tmp_path):
     data, outputs, tracks, labels = labelled
     # At 5 dB the noisy stems of t3..t7 (margins 6..10) are kept too. Those of t4..t7 bleed at -15 dB: blind.
-    m = select("m", 6, 200, "5", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False,
+    m = select_clean_stems("m", 6, 200, "5", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False,
                report=False).metrics
     assert m["overall"]["tp"] == 16 and m["overall"]["fp"] == 11
     assert m["blind"] == 8 and m["precision_ceiling"] == pytest.approx(16 / 24)
@@ -330,7 +330,7 @@ def test_precision_without_the_stems_a_per_stem_filter_cannot_see(labelled, tmp_
 def test_report_and_metrics_against_hand_counts(labelled, tmp_path):
     data, outputs, tracks, labels = labelled
     dest = tmp_path / "pool"
-    sel = select("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
+    sel = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=dest, progress=False)
     m = sel.metrics
     # drums: clean t0 t2 t4 t6 kept; noisy t1 kept too (margin 30); t3 t5 t7 left out.
     assert m["per_source"]["drums"] == {"tp": 4, "fp": 1, "fn": 0, "tn": 3, "precision": 0.8, "recall": 1.0,

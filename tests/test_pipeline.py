@@ -73,9 +73,9 @@ def test_parallel_stages_go_through_torchrun():
 
 def test_from_starts_later_and_rejects_unknown_names():
     chain = pipeline.stages("part2")
-    assert pipeline.select_from(chain, "joint360")[0].name == "joint360"
+    assert pipeline.stages_between(chain, "joint360")[0].name == "joint360"
     with pytest.raises(pipeline.PipelineError, match="unknown stage 'nope'.*step3"):
-        pipeline.select_from(pipeline.stages("all"), "nope")
+        pipeline.stages_between(pipeline.stages("all"), "nope")
 
 
 def test_tsv_listing_round_trips(capsys):

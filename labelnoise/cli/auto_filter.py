@@ -42,7 +42,7 @@ from pathlib import Path
 
 from labelnoise.errors import command_line
 from labelnoise.files import FILTER_OUTPUTS, LABELS_FILE, POOL, REPORT_MD
-from labelnoise.selection import select
+from labelnoise.selection import select_clean_stems
 
 log = logging.getLogger("auto_filter")
 
@@ -79,9 +79,10 @@ def main(argv=None) -> int:
         parser.error(f"--holdout {args.holdout}: must be a whole number >= 0 or auto")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        sel = select(args.model, args.key, args.speed, args.threshold, keep_fraction=args.keep_fraction,
-                     outputs=args.outputs, data=args.data, dest=args.dest, labels=args.labels,
-                     link=args.link, dry_run=args.dry_run, progress=not args.no_progress, holdout=args.holdout)
+        sel = select_clean_stems(args.model, args.key, args.speed, args.threshold,
+                                 keep_fraction=args.keep_fraction, outputs=args.outputs, data=args.data,
+                                 dest=args.dest, labels=args.labels, link=args.link, dry_run=args.dry_run,
+                                 progress=not args.no_progress, holdout=args.holdout)
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
