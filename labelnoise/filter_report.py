@@ -29,7 +29,7 @@ from collections import defaultdict
 import numpy as np
 
 from .atomic import atomic_path, write_text
-from .document import save_figure
+from .document import Doc, fmt, save_figure
 from .files import MARGINS_CSV, MARGINS_PNG, REPORT_MD, SWEEP_PNG, clean_stems_name
 from .noise import KINDS
 
@@ -204,60 +204,53 @@ def plot_sweep(path, stems, sources, thresholds) -> None:
     save_figure(fig, path, dpi=100)
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
 def blind_text(m: dict) -> str:
     """The figures of ``metrics`` without the stems no per-stem filter can see, in a sentence."""
     j = m["judgeable"]
     return (f"Without the {m['blind']} noisy stems that no filter judging one stem at a time can see "
-            f"({' and '.join(BLIND_KINDS)}): precision {_fmt(j['precision'])}, recall {_fmt(j['recall'])}. "
+            f"({' and '.join(BLIND_KINDS)}): precision {fmt(j['precision'], 3)}, recall {fmt(j['recall'], 3)}. "
             f"Kept as often as the clean stems, those {m['blind']} hold the precision below "
-            f"{_fmt(m['precision_ceiling'])} at any threshold.")
+            f"{fmt(m['precision_ceiling'], 3)} at any threshold.")
 
 
 def report_text(sel) -> str:
-    lines = [f"# Automatic filter: {sel.suffix}", "",
-             f"- volumes: `{sel.outputs}` ({sel.volumes_from})",
-             f"- dataset: `{sel.data}`",
-             f"- rule: {sel.rule.describe()}",
-             f"- pool: `{sel.dest / 'train'}`; kept tracks in `{sel.dest.name}/"
-             f"{clean_stems_name(sel.suffix)}`", "",
-             "A stem is kept when its margin (own output volume minus the loudest other, "
-             "`20 log10(sum |out|)` in dB) is above its source's threshold. Silent stems are never kept; "
-             "stems whose outputs are all at or below -80 dB are skipped.", "",
-             "| source | threshold (dB) | chosen by | kept | of | silent | outputs quiet | not measured |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for s, c in sel.counts.items():
-        lines.append(f"| {s} | {sel.thresholds[s]:.2f} | {sel.threshold_rules[s]} | {c['kept']} | {c['total']} | "
-                     f"{c['silent']} | {c['skipped']} | {c['missing']} |")
-    lines += ["", f"![margins per source]({MARGINS_PNG})", "", f"Every stem's margin: `{MARGINS_CSV}`."]
+    doc = Doc()
+    doc.h(1, f"Automatic filter: {sel.suffix}")
+    doc.items([f"volumes: `{sel.outputs}` ({sel.volumes_from})", f"dataset: `{sel.data}`",
+               f"rule: {sel.rule.describe()}",
+               f"pool: `{sel.dest / 'train'}`; kept tracks in `{sel.dest.name}/{clean_stems_name(sel.suffix)}`"])
+    doc.p("A stem is kept when its margin (own output volume minus the loudest other, "
+          "`20 log10(sum |out|)` in dB) is above its source's threshold. Silent stems are never kept; "
+          "stems whose outputs are all at or below -80 dB are skipped.")
+    doc.table(["source", "threshold (dB)", "chosen by", "kept", "of", "silent", "outputs quiet", "not measured"],
+              [[s, f"{sel.thresholds[s]:.2f}", sel.threshold_rules[s], *(str(c[k]) for k in
+                ("kept", "total", "silent", "skipped", "missing"))] for s, c in sel.counts.items()], "lrlrrrrr")
+    doc.image(sel.dest / MARGINS_PNG, "margins per source")
+    doc.p(f"Every stem's margin: `{MARGINS_CSV}`.")
     if sel.skipped_outputs:
-        lines += ["", f"{len(sel.skipped_outputs)} output folders could not be read:", ""]
-        lines += [f"- `{folder}`: {why}" for folder, why in list(sel.skipped_outputs.items())[:20]]
+        doc.p(f"{len(sel.skipped_outputs)} output folders could not be read:")
+        doc.items([f"`{folder}`: {why}" for folder, why in list(sel.skipped_outputs.items())[:20]])
     m = sel.metrics
     if m is not None:
-        lines += ["", f"## Against the labels (`{sel.labels}`)", "",
-                  f"{m['labelled']} stems labelled ({m['unlabelled']} without a label). "
-                  'Positive class: labelled clean. Precision = kept clean / kept; recall = kept clean / clean.', "",
-                  "| source | precision | recall | F1 | kept clean | kept noisy | clean left out | noisy left out |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, c in [*m["per_source"].items(), ("**overall**", m["overall"])]:
-            lines.append(f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | "
-                         f"{c['tp']} | {c['fp']} | {c['fn']} | {c['tn']} |")
-        lines += ["", blind_text(m)]
-        lines += ["", "### Keep rate per noise kind", "", "| kind | stems | kept | keep rate |", "|---|---:|---:|---:|"]
-        for kind, k in m["per_kind"].items():
-            lines.append(f"| {kind} | {k['total']} | {k['kept']} | {k['keep_rate']:.3f} |")
-        lines += ["", "### Threshold sweep", "",
-                  "One threshold for every source; to use one, run again with it as THRESHOLD.", "",
-                  "| threshold (dB) | precision | recall | F1 | kept |", "|---:|---:|---:|---:|---:|"]
-        for r in m["sweep"]:
-            lines.append(f"| {r['threshold']:g} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | "
-                         f"{_fmt(r['f1'])} | {r['kept']} |")
-        lines += ["", f"![precision and recall against the threshold]({SWEEP_PNG})"]
-    return "\n".join(lines) + "\n"
+        doc.h(2, f"Against the labels (`{sel.labels}`)")
+        doc.p(f"{m['labelled']} stems labelled ({m['unlabelled']} without a label). "
+              "Positive class: labelled clean. Precision = kept clean / kept; recall = kept clean / clean.")
+        doc.table(["source", "precision", "recall", "F1", "kept clean", "kept noisy", "clean left out",
+                   "noisy left out"],
+                  [[name, fmt(c["precision"], 3), fmt(c["recall"], 3), fmt(c["f1"], 3),
+                    *(str(c[k]) for k in ("tp", "fp", "fn", "tn"))]
+                   for name, c in [*m["per_source"].items(), ("**overall**", m["overall"])]])
+        doc.p(blind_text(m))
+        doc.h(3, "Keep rate per noise kind")
+        doc.table(["kind", "stems", "kept", "keep rate"],
+                  [[kind, str(k["total"]), str(k["kept"]), f"{k['keep_rate']:.3f}"] for kind, k in m["per_kind"].items()])
+        doc.h(3, "Threshold sweep")
+        doc.p("One threshold for every source; to use one, run again with it as THRESHOLD.")
+        doc.table(["threshold (dB)", "precision", "recall", "F1", "kept"],
+                  [[f"{r['threshold']:g}", fmt(r["precision"], 3), fmt(r["recall"], 3), fmt(r["f1"], 3),
+                    str(r["kept"])] for r in m["sweep"]], "rrrrr")
+        doc.image(sel.dest / SWEEP_PNG, "precision and recall against the threshold")
+    return doc.markdown(sel.dest)
 
 
 def write_selection_report(sel) -> None:
