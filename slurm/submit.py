@@ -38,6 +38,7 @@ from pathlib import Path
 import submitit
 
 from labelnoise import pipeline
+from labelnoise.cli.pipeline import add_chain_arguments, layout_from
 
 log = logging.getLogger("submit")
 
@@ -308,7 +309,7 @@ def main(argv=None) -> int:
                         help="a part, or stage names (python -m labelnoise.pipeline list all)")
     parser.add_argument("--local", action="store_true", help="run here with submitit's local executor")
     parser.add_argument("--no-wait", action="store_true", help="submit and return (SLURM only)")
-    pipeline.add_chain_arguments(parser)
+    add_chain_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not Path("train.py").is_file():
@@ -316,7 +317,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        layout = pipeline.layout_from(args)
+        layout = layout_from(args)
         conf = settings()
         chain = choose(args.targets, layout, args.start, args.stop)
     except (SubmitError, pipeline.PipelineError) as exc:

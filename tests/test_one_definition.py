@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from labelnoise import pipeline
+from labelnoise.cli.pipeline import add_chain_arguments, layout_from
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = replace(pipeline.PRESETS["tiny"], arms=tuple(pipeline.ARMS), clean="data/tiny_clean")
@@ -55,8 +56,8 @@ def test_submit_py_takes_the_pipelines_stages_and_options():
     submit = _submit()
     import argparse
     parser = argparse.ArgumentParser()
-    pipeline.add_chain_arguments(parser)
-    layout = pipeline.layout_from(parser.parse_args(CHAIN_ARGS))
+    add_chain_arguments(parser)
+    layout = layout_from(parser.parse_args(CHAIN_ARGS))
     assert layout == LAYOUT
     assert submit.choose(["all"], layout, None) == pipeline.stages("all", LAYOUT)
     assert [s.name for s in submit.choose(["part1"], layout, "step2", "baseline_step1")] == \

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from labelnoise import final_bag, pipeline, runner
+from labelnoise.cli.pipeline import add_chain_arguments, layout_from
 from labelnoise.yamlio import read_mapping
 from labelnoise.synth import PARAMS_FILE, generate
 
@@ -59,7 +60,7 @@ def _table(markdown: str, heading: str) -> dict[str, list[str]]:
 
 def test_runner_scores_every_model_and_reports_both_arms(full_run):
     root, runs, printed = full_run
-    chain = pipeline.stages("all", pipeline.layout_from(_namespace(root, runs)))
+    chain = pipeline.stages("all", layout_from(_namespace(root, runs)))
     assert [s.name for s in chain][-6:] == [f"{arm}_{step}" for arm in ("baseline", "clean")
                                             for step in pipeline.PART1]
     running = re.findall(r"^\[\s*\d+/(\d+)\] (\S+)\s+running", printed, re.M)
@@ -89,7 +90,7 @@ def test_runner_scores_every_model_and_reports_both_arms(full_run):
 
 def test_the_bag_chose_each_source_on_the_held_out_tracks(full_run):
     root, runs, _ = full_run
-    second = pipeline.pool_dir(pipeline.FILTERS[1][0], pipeline.layout_from(_namespace(root, runs)))
+    second = pipeline.pool_dir(pipeline.FILTERS[1][0], layout_from(_namespace(root, runs)))
     held = json.loads((Path(second) / "selection.json").read_text())["held_out"]
     assert len(held) == 2 and not any((Path(second) / "train" / s / f"{t}.wav").exists()
                                       for t, stems in held.items() for s in stems)
@@ -149,7 +150,7 @@ def test_without_a_test_set_the_report_says_so(user_data):
 
 def _namespace(root: Path, runs: Path):
     parser = __import__("argparse").ArgumentParser()
-    pipeline.add_chain_arguments(parser)
+    add_chain_arguments(parser)
     return parser.parse_args(["--preset", "demo", "--quick", "--data", str(root / "mine"), "--clean",
                               str(root / "mine_clean"), "--runs", str(runs), "--pools", str(root / "pools"),
                               "--arms", "baseline,clean", "--threshold", "keep=0.5", "--holdout", "2"])
