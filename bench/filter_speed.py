@@ -50,7 +50,8 @@ from labelnoise import SOURCES  # noqa: E402
 from labelnoise.silence import is_silent  # noqa: E402
 from labelnoise.audio import read_audio  # noqa: E402
 from labelnoise.evaluation import list_tracks  # noqa: E402
-from labelnoise.filtering import run_filter, shift_stem  # noqa: E402
+from labelnoise.filter_input import shift_stem  # noqa: E402
+from labelnoise.filtering import run_filter  # noqa: E402
 from labelnoise.synth import generate  # noqa: E402
 from labelnoise.model.htdemucs import HTDemucs  # noqa: E402
 

@@ -30,6 +30,7 @@ import pedalboard
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import labelnoise.sine_sources as sine_sources  # noqa: E402
 import labelnoise.synth as synth  # noqa: E402
 from labelnoise.vocoder import N_FFT, repitch  # noqa: E402
 
@@ -43,20 +44,20 @@ CASES = [(semi, tempo) for tempo in (0.88, 1.0, 1.12) for semi in (-6, -3, 3, 6)
 def shifted_tracks(semitones: int, tempo: float):
     """Tracks made ``semitones`` higher and ``tempo`` times faster.
 
-    The generator draws key and tempo per track (``synth._track_params``);
+    The generator draws key and tempo per track (``sine_sources._track_params``);
     moving them after the draw keeps every other draw, hence the same notes.
     """
-    draw = synth._track_params
+    draw = sine_sources._track_params
 
     def moved(seed, index):
         params = draw(seed, index)
         return {**params, "key": params["key"] + semitones, "bpm": params["bpm"] * tempo}
 
-    synth._track_params = moved
+    sine_sources._track_params = moved
     try:
         yield
     finally:
-        synth._track_params = draw
+        sine_sources._track_params = draw
 
 
 def magnitude(wav) -> torch.Tensor:

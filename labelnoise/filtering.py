@@ -6,7 +6,7 @@ For every ``(track, stem)`` of a track-folder dataset
 1. read the stem at the separator's sample rate;
 2. silent (``20 log10(mean |x|) < -80``): its own audio stands for all four
    outputs; else
-3. ``shift_stem``: pitch +``key`` semitones, tempo x ``speed``/100, with
+3. ``shift_stem`` (``labelnoise.filter_input``): pitch +``key`` semitones, tempo x ``speed``/100, with
    Rubber Band in process (``pedalboard.time_stretch``), so a model cannot
    simply recall the labels it was trained on;
 4. separate it as if it were a mixture, measure the four outputs
@@ -22,12 +22,13 @@ run into the same folder with other settings is refused, with the same
 settings it resumes: pairs already recorded are skipped. Under ``torchrun``
 the pending pairs are shared out by duration (longest first to the least
 loaded rank), so no rank waits for one stem kind as the original's one
-process per kind did.
+process per kind did. The work list and its share-out are
+``labelnoise.filter_pairs``, the record files ``labelnoise.filter_records``.
 
 From Python, with a model (``labelnoise.inference.apply`` separates) or any
 callable ``(wav (C, T), track, stem) -> (S, C, T)``::
 
-    from labelnoise.filtering import run_filter, shift_stem
+    from labelnoise.filtering import run_filter
     summary = run_filter("data/train", "evaluator_outputs_m_key6_speed200", model, key=6, speed=200)
     summary = run_filter(root, out, my_separator, samplerate=16000, model_name="oracle")
 
@@ -42,9 +43,8 @@ import logging
 import os
 import random
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,11 +54,12 @@ from torch import nn
 from . import SOURCES
 from . import distributed, files
 from . import volumes as vol
-from .atomic import write_json, write_text
-from .audio import AudioError, info, read_audio, write_audio
-from .evaluation import list_tracks
+from .atomic import write_json
+from .audio import write_audio
+from .filter_input import prepare, read_ahead
+from .filter_pairs import Pair, list_pairs, share_out
+from .filter_records import drop_torn_line, merge_records, rank_file, recorded_pairs
 from .inference import MODES, PRECISIONS, apply
-from .silence import is_silent
 
 log = logging.getLogger(__name__)
 
@@ -82,32 +83,6 @@ def default_out_dir(name: str, key: int, speed: int) -> Path:
     """The original's folder name: ``evaluator_outputs_{name}_key{key}_speed{speed}``."""
     return files.filter_outputs_dir(files.suffix(name, key, speed))
 
-
-def rank_file(out_dir: str | os.PathLike, rank: int) -> Path:
-    return files.rank_volumes(out_dir, rank)
-
-
-def shift_stem(wav: np.ndarray, samplerate: int, key: float, speed: float) -> np.ndarray:
-    """Pitch ``+key`` semitones and tempo x ``speed``/100 of ``(C, T)`` audio: ``(C, ~T * 100 / speed)``.
-
-    This is exactly what the filter feeds the separator. Rubber Band's R2
-    engine (pedalboard ``high_quality=False``), formants not preserved, as the
-    original's command line did; the channels are stretched together, which
-    keeps the stereo image (the command line stretches them apart, so its
-    output is not sample-identical to this). ``key=0, speed=100`` returns a copy.
-    """
-    import pedalboard  # imported here: only the filter needs it
-
-    wav = np.ascontiguousarray(wav, dtype=np.float32)
-    if wav.ndim != 2:
-        raise ValueError(f"shift_stem: expected audio of shape (channels, frames), got {wav.shape}")
-    if speed <= 0:
-        raise ValueError(f"shift_stem: speed must be positive (percent), got {speed}")
-    if key == 0 and speed == 100:
-        return wav.copy()
-    return pedalboard.time_stretch(wav, float(samplerate), stretch_factor=speed / 100,
-                                   pitch_shift_in_semitones=float(key), high_quality=False,
-                                   preserve_formants=False)
 
 
 def model_separator(model: nn.Module, *, mode: str = "overlap", shifts: int = 1,
@@ -136,15 +111,6 @@ def model_separator(model: nn.Module, *, mode: str = "overlap", shifts: int = 1,
                      device=device, batch_size=batch_size, rng=rng)
 
     return separate
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    """One stem file: ``ROOT/<track>/<stem>.wav`` and its duration in seconds."""
-    track: str
-    stem: str
-    path: Path
-    seconds: float
 
 
 @dataclasses.dataclass
@@ -188,53 +154,6 @@ class FilterSummary:
                 f"{self.stem_minutes_per_minute:.2f} stem-minutes per minute -> {self.volumes_path}")
 
 
-# ------------------------------------------------------------------ the dataset
-
-def list_pairs(data_root: str | os.PathLike, stems: Sequence[str], *,
-               skip_bad: bool = False) -> tuple[list[Pair], list[Path], list[str]]:
-    """``(pairs, missing files, unreadable files with the reason)`` of a track-folder dataset.
-
-    Every stem file's header is read here (for its duration), so a file that
-    is not audio stops the run before any work, or, with ``skip_bad``, is
-    left out and counted.
-    """
-    pairs, missing, bad = [], [], []
-    for folder in list_tracks(data_root):
-        for stem in stems:
-            path = folder / f"{stem}.wav"
-            if not path.exists():
-                missing.append(path)
-                continue
-            try:
-                header = info(path)
-            except AudioError as exc:
-                if not skip_bad:
-                    raise
-                bad.append(str(exc))
-                continue
-            pairs.append(Pair(folder.name, stem, path, header.frames / header.samplerate))
-    return pairs, missing, bad
-
-
-def share_out(pairs: Sequence[Pair], ranks: int) -> list[list[Pair]]:
-    """Pairs per rank: longest first, each to the rank with the least audio so far.
-
-    Deterministic (every rank computes the same split). Equal durations (the
-    stems of one track) are taken in a fixed shuffled order, so no rank ends
-    up with all the stems of one kind.
-    """
-    order = list(pairs)
-    random.Random(0).shuffle(order)
-    order.sort(key=lambda p: -p.seconds)  # stable: ties keep the shuffled order
-    shares: list[list[Pair]] = [[] for _ in range(ranks)]
-    load = [0.0] * ranks
-    for pair in order:
-        r = min(range(ranks), key=lambda i: (load[i], i))
-        shares[r].append(pair)
-        load[r] += pair.seconds
-    return shares
-
-
 # ------------------------------------------------------------------ the output folder
 
 def check_settings(out_dir: Path, settings: dict) -> bool:
@@ -261,89 +180,7 @@ def check_settings(out_dir: Path, settings: dict) -> bool:
     return False
 
 
-def recorded_pairs(out_dir: Path) -> set[tuple[str, str]]:
-    """``(track, stem)`` of every complete record in ``volumes.jsonl`` and the rank files."""
-    return {(r["track"], r["stem"]) for r in _all_records(out_dir)}
-
-
-def _all_records(out_dir: Path) -> Iterator[dict]:
-    yield from vol.read_records(out_dir / VOLUMES_FILE)
-    for path in sorted(out_dir.glob(files.RANK_VOLUMES_GLOB)):
-        yield from vol.read_records(path)
-
-
-def merge_records(out_dir: Path) -> Path:
-    """Rank files + ``volumes.jsonl`` -> ``volumes.jsonl`` (one record per pair, sorted); rank files removed.
-
-    A kill between the replace and the removal leaves records in both; the
-    next merge keeps one of each, so nothing is counted twice.
-    """
-    merged = {(r["track"], r["stem"]): r for r in _all_records(out_dir)}
-    target = out_dir / VOLUMES_FILE
-    rank_files = sorted(out_dir.glob(files.RANK_VOLUMES_GLOB))
-    if rank_files or not target.exists():
-        write_text(target, "".join(json.dumps(merged[k]) + "\n" for k in sorted(merged)))
-    for path in rank_files:
-        path.unlink()
-    return target
-
-
-def _drop_torn_line(path: Path) -> None:
-    """Cut a killed writer's incomplete last line, so the next append starts a line of its own."""
-    if not path.exists():
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-# ------------------------------------------------------------------ one stem
-
-@dataclasses.dataclass
-class _Prepared:
-    pair: Pair
-    wav: np.ndarray | None       # the stem as read; None if unreadable
-    shifted: np.ndarray | None   # what the separator gets; None if silent
-    error: str | None = None
-
-
-def _prepare(pair: Pair, samplerate: int, channels: int, key: float, speed: float,
-             skip_bad: bool) -> _Prepared:
-    try:
-        wav = read_audio(pair.path, samplerate=samplerate, channels=channels)
-    except AudioError as exc:
-        if not skip_bad:
-            raise
-        return _Prepared(pair, None, None, str(exc))
-    if wav.shape[-1] == 0:
-        if not skip_bad:
-            raise AudioError(f"{pair.path}: holds no samples")
-        return _Prepared(pair, None, None, f"{pair.path}: holds no samples")
-    if is_silent(wav):
-        return _Prepared(pair, wav, None)
-    return _Prepared(pair, wav, shift_stem(wav, samplerate, key, speed))
-
-
-def _prefetch(items: Sequence, load: Callable, depth: int) -> Iterator:
-    """``load(item)`` for each item, up to ``depth`` items ahead in a thread (0: inline).
-
-    Reading and pitch-shifting the next stems then overlaps the separator's
-    run on the current one (on a GPU, the CPU work can hide behind the model's).
-    """
-    if depth <= 0:
-        for item in items:
-            yield load(item)
-        return
-    with ThreadPoolExecutor(1) as pool:
-        queue: list[Future] = []
-        for item in items:
-            queue.append(pool.submit(load, item))
-            if len(queue) > depth:
-                yield queue.pop(0).result()
-        while queue:
-            yield queue.pop(0).result()
-
+# ------------------------------------------------------------------ one stem's outputs
 
 def _as_outputs(estimate, pair: Pair, sources: Sequence[str]) -> np.ndarray:
     if isinstance(estimate, torch.Tensor):
@@ -484,16 +321,16 @@ def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, 
     """Filter this rank's pairs, appending one record per pair to its own file."""
     counts = Counts()
     path = rank_file(out_dir, rank)
-    _drop_torn_line(path)
+    drop_torn_line(path)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def load(pair):
-        return _prepare(pair, samplerate, channels, key, speed, skip_bad)
+        return prepare(pair, samplerate, channels, key, speed, skip_bad)
 
     records = vol.RecordFile(path)
     with contextlib.closing(records), progress_bar(total=len(pairs), unit="stem", desc="filter",
                                                    disable=not progress) as bar:
-        for item in _prefetch(pairs, load, prefetch):
+        for item in read_ahead(pairs, load, prefetch):
             pair = item.pair
             bar.update(1)
             if item.error is not None:

@@ -10,7 +10,7 @@ command line; the demo and tests call ``select`` directly::
     sel.thresholds, sel.kept, sel.metrics      # also in DEST/selection.json
     read_selection(sel.dest)                    # the same, read back
 
-Where the volumes come from: ``OUTPUTS/volumes.jsonl`` when it exists; else
+Where the volumes come from (``labelnoise.filter_volumes``): ``OUTPUTS/volumes.jsonl`` when it exists; else
 the original code's WAVs ``OUTPUTS/{stem}/{track}/{source}.wav``, measured
 with ``volume_db`` and cached in ``OUTPUTS/volumns_{suffix}.json`` (the
 original's name and spelling; an entry is measured again when one of its four
@@ -31,7 +31,7 @@ is the original's decision too) and take no part in ``auto`` and
 Everything goes under DEST, the pool dataset root (training reads only
 ``DEST/train``): ``labelnoise_track_clean_predicted_by_{suffix}.json``
 (``{stem: [track, ...]}``), ``train/{stem}/{track}.wav`` (copies, or hard links
-with ``link=True``; a copy where the file systems differ), ``selection.json``
+with ``link=True``; a copy where the file systems differ; ``labelnoise.pool``), ``selection.json``
 (settings, thresholds, counts, metrics) and the report (``filter_report``).
 DEST must not overlap the source dataset or the filter's output folders. A
 DEST made with other settings is refused; the same settings again skip the
@@ -41,38 +41,28 @@ by ``filter.py`` from another dataset, key or speed are refused
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import shutil
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .progress import bar as progress_bar
-
 from . import SOURCES
 from . import filter_report, thresholds
-from .atomic import atomic_path, write_json
+from .atomic import write_json
 from .config import base_default
+from .filter_volumes import load_volumes
 from .holdout import count as holdout_count, held_out
+from .pool import write_pool
 from .thresholds import Rule
 from .provenance import check_outputs_origin
-from .audio import AudioError, read_audio
 from .files import (LABELS_FILE, SELECTION_FILE, VOLUMES_FILE, clean_stems_name, filter_outputs_dir, pool_dir,
                     suffix, volume_cache_name)
-from .silence import is_silent
-from .volumes import margin_db, read_records, volume_db, window_margin
+from .volumes import margin_db, window_margin
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-_CACHE_SAVE_SECONDS = 60.0
-# os.link failures after which a copy is made instead: another file system,
-# a file system without hard links, a protected or saturated inode.
-_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def default_data() -> Path:
@@ -166,106 +156,7 @@ def read_selection(dest: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
-# ---------------------------------------------------------------- volumes
-
-def load_volumes(outputs: Path, sfx: str, *, sources=SOURCES, progress: bool = True,
-                 workers: int | None = None, save_cache: bool = True) -> tuple[list[dict], str, dict[str, str]]:
-    """The volume records of an outputs folder, where they came from, and the folders not read."""
-    outputs = Path(outputs)
-    jsonl = outputs / VOLUMES_FILE
-    if jsonl.is_file():
-        latest = {}
-        for rec in read_records(jsonl):
-            latest[(rec["track"], rec["stem"])] = rec  # a stem recorded twice: the last line wins
-        return list(latest.values()), VOLUMES_FILE, {}
-    if any((outputs / s).is_dir() for s in sources):
-        records, skipped = wav_volumes(outputs, sfx, sources=sources, progress=progress, workers=workers,
-                                       save_cache=save_cache)
-        return records, "wav", skipped
-    if not outputs.is_dir():
-        raise FileNotFoundError(f"{outputs}: outputs folder not found (run filter.py, or give --outputs)")
-    raise ValueError(f"{outputs}: has neither {VOLUMES_FILE} nor the {{stem}}/{{track}}/{{source}}.wav "
-                     "folders of a filter run")
-
-
-def _stamp(files: list[Path]) -> list[list[int]]:
-    return [[st.st_size, st.st_mtime_ns] for st in (f.stat() for f in files)]
-
-
-def _read_cache(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        cache = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); delete it to measure the volumes again") from None
-    if not isinstance(cache, dict) or cache.get("version") != VERSION or "records" not in cache:
-        raise ValueError(f"{path}: not a volume cache of this project; move it away to measure the volumes again")
-    return {(r["stem"], r["track"]): r for r in cache["records"]}
-
-
-def _measure_folder(folder: Path, stem: str, sources) -> dict:
-    volumes, own = {}, None
-    for source in sources:
-        wav = read_audio(folder / f"{source}.wav", channels=None)
-        volumes[source] = volume_db(wav)
-        if source == stem:
-            own = wav
-    # The original filter wrote a silent stem's own audio as all four outputs.
-    silent = len(set(volumes.values())) == 1 and is_silent(own)
-    return {"track": folder.name, "stem": stem, "silent": bool(silent), "volumes": volumes}
-
-
-def wav_volumes(outputs: Path, sfx: str, *, sources=SOURCES, progress: bool = True,
-                workers: int | None = None, save_cache: bool = True) -> tuple[list[dict], dict[str, str]]:
-    """Measure ``OUTPUTS/{stem}/{track}/{source}.wav`` (the original code's outputs), with a cache."""
-    cache_path = outputs / volume_cache_name(sfx)
-    cache = _read_cache(cache_path)
-    records, todo, skipped = {}, [], {}
-    for stem in sources:
-        if not (outputs / stem).is_dir():
-            continue
-        for folder in sorted(p for p in (outputs / stem).iterdir() if p.is_dir()):
-            files = [folder / f"{s}.wav" for s in sources]
-            absent = [f.name for f in files if not f.is_file()]
-            if absent:
-                skipped[str(folder)] = f"no {', '.join(absent)}"
-                continue
-            stamp = _stamp(files)
-            hit = cache.get((stem, folder.name))
-            if hit is not None and hit.get("stamp") == stamp:
-                records[(stem, folder.name)] = hit
-            else:
-                todo.append((stem, folder, stamp))
-    if todo:
-        log.info("measuring the outputs of %d stems in %s (%d cached)", len(todo), outputs, len(records))
-    last_save = time.monotonic()
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [(stem, folder, stamp, pool.submit(_measure_folder, folder, stem, sources))
-                   for stem, folder, stamp in todo]
-        for stem, folder, stamp, fut in progress_bar(futures, desc="volumes", unit="stem", disable=not progress):
-            try:
-                rec = fut.result()
-            except AudioError as exc:  # a file the original's writer left half-written, say
-                skipped[str(folder)] = str(exc)
-                continue
-            rec["stamp"] = stamp
-            records[(stem, folder.name)] = rec
-            if save_cache and time.monotonic() - last_save > _CACHE_SAVE_SECONDS:  # a long measurement survives a kill
-                _write_cache(cache_path, sfx, records)
-                last_save = time.monotonic()
-    if save_cache and (todo or set(cache) != set(records)):
-        _write_cache(cache_path, sfx, records)
-    for folder, reason in skipped.items():
-        log.warning("skipped %s: %s", folder, reason)
-    return [records[k] for k in sorted(records)], skipped
-
-
-def _write_cache(path: Path, sfx: str, records: dict) -> None:
-    write_json(path, {"version": VERSION, "suffix": sfx, "records": [records[k] for k in sorted(records)]},
-               indent=None)
-
+# ---------------------------------------------------------------- stems
 
 def to_stems(records: list[dict], source_file: Path) -> list[Stem]:
     stems = []
@@ -360,63 +251,6 @@ def dataset_stems(data: Path, sources=SOURCES) -> set[tuple[str, str]]:
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: dataset folder not found (give --data, the folder the filter ran on)")
     return {(t.name, s) for t in data.iterdir() if t.is_dir() for s in sources if (t / f"{s}.wav").is_file()}
-
-
-# ---------------------------------------------------------------- the pool
-
-def _place(src: Path, dst: Path, link: bool) -> str:
-    """Copy (or hard-link) one stem through a temporary name; returns "copied" or "linked"."""
-    with atomic_path(dst) as tmp:
-        if link:
-            tmp.unlink()
-            try:
-                os.link(src, tmp)
-                return "linked"
-            except OSError as exc:
-                if exc.errno not in _NO_LINK:
-                    raise
-        shutil.copyfile(src, tmp)
-        st = src.stat()
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # a re-run recognises the copy by size and mtime
-        return "copied"
-
-
-def _already_there(src: Path, dst: Path) -> bool:
-    try:
-        a, b = src.stat(), dst.stat()
-    except FileNotFoundError:
-        return False
-    return ((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-            or (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns))
-
-
-def write_pool(data: Path, dest: Path, kept: dict[str, list[str]], *, link: bool = False,
-               progress: bool = True) -> dict[str, int]:
-    """``DEST/train/{stem}/{track}.wav`` for every kept stem; pool files no longer kept are removed."""
-    counts = {"copied": 0, "linked": 0, "existing": 0, "removed": 0}
-    pairs = [(stem, track) for stem, tracks in kept.items() for track in tracks]
-    for stem in kept:
-        folder = dest / "train" / stem
-        if not folder.is_dir():
-            continue
-        wanted = {f"{t}.wav" for t in kept[stem]}
-        for f in folder.iterdir():
-            # Leftovers of an earlier selection, or temporary files of a killed one.
-            if f.is_file() and (f.name.startswith(".") or (f.suffix == ".wav" and f.name not in wanted)):
-                f.unlink()
-                counts["removed"] += 1
-    link_refused = False
-    for stem, track in progress_bar(pairs, desc="pool", unit="file", disable=not progress):
-        src, dst = data / track / f"{stem}.wav", dest / "train" / stem / f"{track}.wav"
-        if _already_there(src, dst):
-            counts["existing"] += 1
-            continue
-        how = _place(src, dst, link and not link_refused)
-        if link and how == "copied" and not link_refused:
-            log.warning("hard links refused from %s to %s; copying instead", data, dest)
-            link_refused = True
-        counts[how] += 1
-    return counts
 
 
 # ---------------------------------------------------------------- the whole step

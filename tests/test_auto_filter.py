@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 
 import auto_filter
-from labelnoise import SOURCES, selection, synth, volumes
+from labelnoise import SOURCES, filter_volumes, synth, volumes
+from labelnoise import pool as pool_files
 from labelnoise.holdout import count as holdout_count, held_out
 from labelnoise.selection import read_selection, select_clean_stems
 from labelnoise.thresholds import Rule, keep_fraction as keep_fraction_threshold, otsu as otsu_threshold
@@ -133,8 +134,8 @@ def test_original_wav_layout_measured_and_cached(tmp_path, monkeypatch):
     assert {(r["stem"], r["track"]) for r in cached["records"]} == {("drums", "a"), ("vocals", "b"), ("bass", "c")}
     # A second run reads the cache; a changed file is measured again.
     calls = []
-    real = selection._measure_folder
-    monkeypatch.setattr(selection, "_measure_folder", lambda *a: calls.append(a[0].name) or real(*a))
+    real = filter_volumes._measure_folder
+    monkeypatch.setattr(filter_volumes, "_measure_folder", lambda *a: calls.append(a[0].name) or real(*a))
     _write_outputs(outputs, "vocals", "b", {"drums": 0.01, "bass": 0.01, "other": 0.01, "vocals": 0.25}, frames=1200)
     again = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool2", progress=False,
                    report=False)
@@ -227,7 +228,7 @@ def test_link_falls_back_to_copy_across_file_systems(labelled, tmp_path, monkeyp
     def cross_device(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(selection.os, "link", cross_device)
+    monkeypatch.setattr(pool_files.os, "link", cross_device)
     sel = select_clean_stems("m", 6, 200, "20", data=data, outputs=outputs, dest=tmp_path / "pool", link=True, progress=False,
                  report=False)
     n = sum(map(len, sel.kept.values()))

@@ -21,7 +21,10 @@ from labelnoise import volumes as vol
 from labelnoise.audio import AudioError, read_audio
 from labelnoise.checkpoint import load_model, save_model
 from labelnoise.config import build_model, load_config
-from labelnoise.filtering import (FilterError, Pair, rank_file, run_filter, share_out, shift_stem)
+from labelnoise.filter_input import shift_stem
+from labelnoise.filter_pairs import Pair, share_out
+from labelnoise.filter_records import rank_file
+from labelnoise.filtering import FilterError, run_filter
 from labelnoise.synth import clean_track, generate
 
 ROOT = Path(__file__).resolve().parents[1]
