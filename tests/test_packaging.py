@@ -18,7 +18,9 @@ def run(*cmd, cwd):
 
 def test_every_cli_has_a_console_script():
     shims = sorted(p.stem for p in REPO.glob("*.py"))
-    assert shims == sorted(p.stem for p in (REPO / "labelnoise" / "cli").glob("*.py") if p.stem != "__init__")
+    # The pipeline's command line has no top-level script: users type python -m labelnoise.pipeline.
+    assert shims == sorted(p.stem for p in (REPO / "labelnoise" / "cli").glob("*.py")
+                           if p.stem not in ("__init__", "pipeline"))
     for name in shims:
         assert SCRIPTS[f"labelnoise-{name.replace('_', '-')}"] == f"labelnoise.cli.{name}:main"
     for module in ("pipeline", "report", "demo", "export"):
