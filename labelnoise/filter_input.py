@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .audio import AudioError, read_audio
-from .filter_pairs import Pair
+from .stem_record import Stem
 from .silence import is_silent
 
 
@@ -41,27 +41,27 @@ def shift_stem(wav: np.ndarray, samplerate: int, key: float, speed: float) -> np
 
 @dataclasses.dataclass
 class Prepared:
-    pair: Pair
+    stem: Stem
     wav: np.ndarray | None       # the stem as read; None if unreadable
     shifted: np.ndarray | None   # what the separator gets; None if silent
     error: str | None = None
 
 
-def prepare(pair: Pair, samplerate: int, channels: int, key: float, speed: float,
+def prepare(st: Stem, samplerate: int, channels: int, key: float, speed: float,
             skip_bad: bool) -> Prepared:
     try:
-        wav = read_audio(pair.path, samplerate=samplerate, channels=channels)
+        wav = read_audio(st.path, samplerate=samplerate, channels=channels)
     except AudioError as exc:
         if not skip_bad:
             raise
-        return Prepared(pair, None, None, str(exc))
+        return Prepared(st, None, None, str(exc))
     if wav.shape[-1] == 0:
         if not skip_bad:
-            raise AudioError(f"{pair.path}: holds no samples")
-        return Prepared(pair, None, None, f"{pair.path}: holds no samples")
+            raise AudioError(f"{st.path}: holds no samples")
+        return Prepared(st, None, None, f"{st.path}: holds no samples")
     if is_silent(wav):
-        return Prepared(pair, wav, None)
-    return Prepared(pair, wav, shift_stem(wav, samplerate, key, speed))
+        return Prepared(st, wav, None)
+    return Prepared(st, wav, shift_stem(wav, samplerate, key, speed))
 
 
 def read_ahead(items: Sequence, load: Callable, depth: int) -> Iterator:

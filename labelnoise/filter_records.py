@@ -1,6 +1,6 @@
 """The filter's volumes records on disk: one append-only file per rank, merged into ``volumes.jsonl``.
 
-A pair counts as done once its record is complete in either; a killed
+A stem counts as done once its record is complete in either; a killed
 writer's torn last line is cut before the next append (``drop_torn_line``).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def rank_file(out_dir: str | os.PathLike, rank: int) -> Path:
     return files.rank_volumes(out_dir, rank)
 
 
-def recorded_pairs(out_dir: Path) -> set[tuple[str, str]]:
+def recorded_stems(out_dir: Path) -> set[tuple[str, str]]:
     """``(track, stem)`` of every complete record in ``volumes.jsonl`` and the rank files."""
     return {(r["track"], r["stem"]) for r in _all_records(out_dir)}
 
@@ -33,7 +33,7 @@ def _all_records(out_dir: Path) -> Iterator[dict]:
 
 
 def merge_records(out_dir: Path) -> Path:
-    """Rank files + ``volumes.jsonl`` -> ``volumes.jsonl`` (one record per pair, sorted); rank files removed.
+    """Rank files + ``volumes.jsonl`` -> ``volumes.jsonl`` (one record per stem, sorted); rank files removed.
 
     A kill between the replace and the removal leaves records in both; the
     next merge keeps one of each, so nothing is counted twice.

@@ -19,11 +19,11 @@ track, then stem; atomic replace); over several nodes OUT must be a folder
 every node sees, and a rank 0 that does not find every rank's records stops
 with that reason instead. ``OUT/filter.json`` holds the settings; a
 run into the same folder with other settings is refused, with the same
-settings it resumes: pairs already recorded are skipped. Under ``torchrun``
-the pending pairs are shared out by duration (longest first to the least
+settings it resumes: stems already recorded are skipped. Under ``torchrun``
+the pending stems are shared out by duration (longest first to the least
 loaded rank), so no rank waits for one stem kind as the original's one
 process per kind did. The work list and its share-out are
-``labelnoise.filter_pairs``, the record files ``labelnoise.filter_records``.
+``labelnoise.filter_worklist``, the record files ``labelnoise.filter_records``.
 
 From Python, with a model (``labelnoise.inference.apply`` separates) or any
 callable ``(wav (C, T), track, stem) -> (S, C, T)``::
@@ -57,9 +57,10 @@ from . import volumes as vol
 from .atomic import write_json
 from .audio import write_audio
 from .filter_input import prepare, read_ahead
-from .filter_pairs import Pair, list_pairs, share_out
-from .filter_records import drop_torn_line, merge_records, rank_file, recorded_pairs
+from .filter_worklist import list_stems, share_out
+from .filter_records import drop_torn_line, merge_records, rank_file, recorded_stems
 from .inference import MODES, PRECISIONS, apply
+from .stem_record import Stem
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def model_separator(model: nn.Module, *, mode: str = "overlap", shifts: int = 1,
 
     The random shift offsets of each stem come from ``random.Random`` seeded
     with ``(seed, track, stem)``, so a stem gets the same result however the
-    pairs are shared out over processes and whatever ran before it.
+    stems are shared out over processes and whatever ran before it.
     """
     if mode not in MODES:
         raise FilterError(f"mode must be one of {MODES}, got {mode!r}")
@@ -182,25 +183,25 @@ def check_settings(out_dir: Path, settings: dict) -> bool:
 
 # ------------------------------------------------------------------ one stem's outputs
 
-def _as_outputs(estimate, pair: Pair, sources: Sequence[str]) -> np.ndarray:
+def _as_outputs(estimate, st: Stem, sources: Sequence[str]) -> np.ndarray:
     if isinstance(estimate, torch.Tensor):
         estimate = estimate.detach().float().cpu().numpy()
     estimate = np.asarray(estimate, dtype=np.float32)
     if estimate.ndim != 3 or estimate.shape[0] != len(sources):
-        raise FilterError(f"{pair.path}: the separator returned shape {estimate.shape}, "
+        raise FilterError(f"{st.path}: the separator returned shape {estimate.shape}, "
                           f"expected ({len(sources)}, channels, time) for sources {list(sources)}")
     if not np.isfinite(estimate).all():
         # Its volumes would read as -inf dB, a silent output, and the stem would drop out unseen.
-        raise FilterError(f"{pair.path}: the separator's output holds NaN or infinite values "
+        raise FilterError(f"{st.path}: the separator's output holds NaN or infinite values "
                           "(a diverged model?); no volume recorded")
     return estimate
 
 
-def _write_outputs(out_dir: Path, pair: Pair, sources: Sequence[str], outputs, samplerate: int) -> None:
+def _write_outputs(out_dir: Path, st: Stem, sources: Sequence[str], outputs, samplerate: int) -> None:
     # Float WAVs: a volume measured from the files equals the one recorded
     # (16-bit would clip loud outputs and round quiet ones).
     for source, wav in zip(sources, outputs):
-        write_audio(out_dir / pair.stem / pair.track / f"{source}.wav", wav, samplerate, float32=True)
+        write_audio(out_dir / st.stem / st.track / f"{source}.wav", wav, samplerate, float32=True)
 
 
 # ------------------------------------------------------------------ the run
@@ -256,17 +257,17 @@ def run_filter(data_root: str | os.PathLike, out_dir: str | os.PathLike,
     # Every rank reads the same folder state before any rank writes to it,
     # then waits: so all ranks compute the same pending set and split.
     write_settings = check_settings(out_dir, settings)
-    done = recorded_pairs(out_dir)
-    pairs, missing, bad_headers = list_pairs(data_root, sources, skip_bad=skip_bad)
+    done = recorded_stems(out_dir)
+    stems, missing, bad_headers = list_stems(data_root, sources, skip_bad=skip_bad)
     distributed.barrier()
     if write_settings and dist.is_main:
         write_json(out_dir / SETTINGS_FILE, settings)
-    pending = [p for p in pairs if (p.track, p.stem) not in done]
+    pending = [st for st in stems if (st.track, st.stem) not in done]
     mine = share_out(pending, dist.world_size)[dist.rank]
     if dist.is_main:
         _log_skips(missing, bad_headers)
         log.info("%s: %d stems, %d already recorded, %d to filter on %d process(es)",
-                 data_root, len(pairs), len(pairs) - len(pending), len(pending), dist.world_size)
+                 data_root, len(stems), len(stems) - len(pending), len(pending), dist.world_size)
 
     start = time.perf_counter()
     counts = _filter_share(mine, out_dir, separate, sources=sources, samplerate=samplerate,
@@ -287,7 +288,7 @@ def run_filter(data_root: str | os.PathLike, out_dir: str | os.PathLike,
         raise FilterError(f"{data_root}: no stem could be used ({len(bad_headers) + total.bad} unusable, "
                           f"{len(missing)} missing); nothing was filtered")
     return FilterSummary(done=total.done, silent=total.silent, missing=len(missing),
-                         bad=len(bad_headers) + total.bad, already=len(pairs) - len(pending),
+                         bad=len(bad_headers) + total.bad, already=len(stems) - len(pending),
                          seconds=total.seconds, wall_seconds=wall, volumes_path=target)
 
 
@@ -298,7 +299,7 @@ def _check_all_recorded(out_dir: Path, written: set[tuple[str, str]], dist: dist
     stems alone, and the stage would count as done. Rank 0 looks; every rank raises its verdict.
     """
     problem = None
-    unseen = sorted(written - recorded_pairs(out_dir)) if dist.is_main else []
+    unseen = sorted(written - recorded_stems(out_dir)) if dist.is_main else []
     if unseen:
         track, stem = unseen[0]
         problem = (f"{out_dir}: {len(unseen)} stems filtered by other processes have no record here (e.g. "
@@ -316,22 +317,22 @@ def _log_skips(missing: list[Path], bad: list[str]) -> None:
         log.warning("skipped: %s", reason)
 
 
-def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, sources, samplerate,
+def _filter_share(stems: Sequence[Stem], out_dir: Path, separate: Separator, *, sources, samplerate,
                   channels, key, speed, save_audio, skip_bad, prefetch, progress, rank) -> Counts:
-    """Filter this rank's pairs, appending one record per pair to its own file."""
+    """Filter this rank's stems, appending one record per stem to its own file."""
     counts = Counts()
     path = rank_file(out_dir, rank)
     drop_torn_line(path)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def load(pair):
-        return prepare(pair, samplerate, channels, key, speed, skip_bad)
+    def load(st):
+        return prepare(st, samplerate, channels, key, speed, skip_bad)
 
     records = vol.RecordFile(path)
-    with contextlib.closing(records), progress_bar(total=len(pairs), unit="stem", desc="filter",
+    with contextlib.closing(records), progress_bar(total=len(stems), unit="stem", desc="filter",
                                                    disable=not progress) as bar:
-        for item in read_ahead(pairs, load, prefetch):
-            pair = item.pair
+        for item in read_ahead(stems, load, prefetch):
+            st = item.stem
             bar.update(1)
             if item.error is not None:
                 log.warning("skipped: %s", item.error)
@@ -345,14 +346,14 @@ def _filter_share(pairs: Sequence[Pair], out_dir: Path, separate: Separator, *, 
                 counts.silent += 1
                 windows = None
             else:
-                outputs = _as_outputs(separate(item.shifted, pair.track, pair.stem), pair, sources)
+                outputs = _as_outputs(separate(item.shifted, st.track, st.stem), st, sources)
                 volumes = {source: vol.volume_db(out) for source, out in zip(sources, outputs)}
                 windows = vol.window_volumes(item.shifted, dict(zip(sources, outputs)), samplerate)
             if save_audio:
-                _write_outputs(out_dir, pair, sources, outputs, samplerate)
+                _write_outputs(out_dir, st, sources, outputs, samplerate)
             seconds = item.wav.shape[-1] / samplerate
-            # After the WAVs: a recorded pair always has its files.
-            records.append(vol.record(pair.track, pair.stem, volumes, silent=item.shifted is None,
+            # After the WAVs: a recorded stem always has its files.
+            records.append(vol.record(st.track, st.stem, volumes, silent=item.shifted is None,
                                       seconds=seconds, windows=windows))
             counts.done += 1
             counts.seconds += seconds

@@ -9,9 +9,9 @@ the file):
     run.wandb: false        # the same three values; off by default
 
 A record ``{"kind": "step", "step": 12, "loss": 0.3, "kept": {"vocals": 0.7},
-"noisy_share": {"dropped": 0.6, ...}, "lr": ...}`` becomes the scalars
-``step/loss``, ``step/kept/vocals``, ``step/noisy_share/dropped``, ``step/lr``
-... at step 12; epoch means are ``epoch/...``, validation ``valid/sdr`` and
+"noisy_entries": {"noisy_dropped": 6, "dropped": 10, ...}, "lr": ...}`` becomes the scalars
+``step/loss``, ``step/kept/vocals``, ``step/noisy_entries/dropped``, ``step/lr``
+... at step 12, with the shares derived from the counts (``step/noisy_share/dropped``); epoch means are ``epoch/...``, validation ``valid/sdr`` and
 ``valid/summary/per_source/<source>/mean``. TensorBoard's event files go in
 the run dir itself (``tensorboard --logdir runs`` shows every stage), and a
 resumed run purges the events from its first step on, as ``metrics.jsonl``
@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 
 from .files import METRICS_FILE
+from .report_stats import noisy_share
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def scalars(record: dict) -> dict[str, float]:
     for key, value in record.items():
         if key not in SKIPPED:
             walk(f"{kind}/{key}", value)
+    if "noisy_entries" in record:
+        walk(f"{kind}/noisy_share", noisy_share(record))
     return out
 
 

@@ -14,6 +14,7 @@ from . import SOURCES
 from .audio import info, read_audio
 from .document import save_figure
 from .files import MIXTURE_FILE
+from .report_stats import noisy_share
 
 GROUP_COLOURS = {"method": "tab:blue", "baseline": "tab:gray", "clean": "tab:green"}
 ARM_LINES = {"baseline": "--", "clean": ":"}
@@ -122,11 +123,11 @@ def plot_truncation(facts, path: Path, noise_rate: float | None) -> Path | None:
     ax1.set_xlabel("optimizer step (steps 1-3)")
     ax1.set_ylabel("kept fraction of entries")
     ax1.set_title("Kept by truncation (C 0.7, 0.5, 0.3)", fontsize=9)
-    with_share = [(x, r) for x, r in epochs if r.get("noisy_share")]
+    with_share = [(x, share) for x, r in epochs if (share := noisy_share(r))]
     if with_share:
         ex = [x for x, _ in with_share]
         for key, colour in (("dropped", "tab:red"), ("kept", "tab:green")):
-            ys = [np.nan if r["noisy_share"][key] is None else r["noisy_share"][key] for _, r in with_share]
+            ys = [np.nan if share[key] is None else share[key] for _, share in with_share]
             ax2.plot(ex, ys, marker="o", markersize=3, color=colour, label=f"among {key} entries")
         if noise_rate is not None:
             ax2.axhline(noise_rate, color="black", linestyle=":", linewidth=1, label="the data set's noise rate")

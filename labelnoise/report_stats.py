@@ -51,6 +51,19 @@ def comparison_text(label_a: str, label_b: str, c: dict | None) -> str:
     return f"{words}: {numbers}."
 
 
+def noisy_share(record: dict) -> dict | None:
+    """The share of noisy stems among a step's (or epoch's) dropped and kept entries, from its counts.
+
+    The direct measure of truncation: noisy stems should be over-represented among the dropped.
+    None without counts (data without noise labels); a share is None where there were no entries.
+    """
+    counts = record.get("noisy_entries")
+    if counts is None:
+        return record.get("noisy_share")  # written by runs from before the counts
+    return {"dropped": counts["noisy_dropped"] / counts["dropped"] if counts["dropped"] else None,
+            "kept": counts["noisy_kept"] / counts["kept"] if counts["kept"] else None}
+
+
 def noisy_shares(records: list[dict], config: dict) -> dict | None:
     """Noisy stems among the entries truncation dropped and among those it kept, over a run's steps.
 
@@ -61,7 +74,7 @@ def noisy_shares(records: list[dict], config: dict) -> dict | None:
     items = config["optim"]["batch_size"] * config["optim"]["accumulate"]
     totals = np.zeros(4)  # noisy dropped, dropped, noisy kept, kept
     for r in records:
-        if r.get("kind") != "step" or r.get("skipped") or r.get("noisy_share") is None:
+        if r.get("kind") != "step" or r.get("skipped") or noisy_share(r) is None:
             continue
         totals += _entry_counts(r, items)
     if totals[1] == 0 or totals[3] == 0:

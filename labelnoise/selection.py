@@ -3,7 +3,7 @@
 ``filter.py`` measures the four outputs of the model run on every stem
 (``volumes.jsonl``, see ``labelnoise.volumes``); this module turns them into
 decisions and writes the dataset Part 2 trains on. ``auto_filter.py`` is its
-command line; the demo and tests call ``select`` directly::
+command line; the demo and tests call ``select_clean_stems`` directly::
 
     from labelnoise.selection import select_clean_stems, read_selection
     sel = select_clean_stems("filtered360", 6, 200, "20", data="data/labelnoise")
@@ -56,6 +56,7 @@ from .holdout import count as holdout_count, held_out
 from .pool import write_pool
 from .thresholds import Rule
 from .provenance import check_outputs_origin
+from .stem_record import Stem
 from .files import (LABELS_FILE, SELECTION_FILE, VOLUMES_FILE, clean_stems_name, filter_outputs_dir, pool_dir,
                     suffix, volume_cache_name)
 from .volumes import margin_db, window_margin
@@ -68,36 +69,6 @@ VERSION = 1
 def default_data() -> Path:
     """The dataset the filter ran on when none is given: ``data.root`` of configs/base.yaml."""
     return Path(base_default("data.root"))
-
-
-@dataclass
-class Stem:
-    """One (track, stem) the filter measured, and what became of it."""
-    track: str
-    stem: str
-    volumes: dict[str, float]
-    silent: bool
-    margin: float | None  # what the rule decides on; None: every output at or below -80 dB (no decision)
-    kept: bool = False
-    label: dict | None = None  # the stem's entry of noise_labels.json, if any
-    whole_margin: float | None = None   # over the whole stem (the original's)
-    window_margin: float | None = None  # a low percentile over its windows (volumes.window_margin)
-
-    @property
-    def eligible(self) -> bool:
-        """Takes part in thresholds and may be kept."""
-        return not self.silent and self.margin is not None
-
-    @property
-    def noisy(self) -> bool | None:
-        return None if self.label is None else bool(self.label.get("noisy"))
-
-    @property
-    def kind(self) -> str | None:
-        """The noise kind, ``"clean"`` for a clean label, None without a label."""
-        if self.label is None:
-            return None
-        return self.label.get("kind") or ("noisy" if self.noisy else "clean")
 
 
 @dataclass
@@ -166,8 +137,8 @@ def to_stems(records: list[dict], source_file: Path) -> list[Stem]:
             raise ValueError(f"{source_file}: the record of {rec['track']}/{rec['stem']} has no "
                              f"{rec['stem']} output (outputs: {', '.join(volumes)})")
         whole = margin_db(volumes, rec["stem"])
-        stems.append(Stem(rec["track"], rec["stem"], volumes, bool(rec.get("silent", False)), whole,
-                          whole_margin=whole, window_margin=window_margin(rec)))
+        stems.append(Stem(rec["track"], rec["stem"], volumes=volumes, silent=bool(rec.get("silent", False)),
+                          margin=whole, whole_margin=whole, window_margin=window_margin(rec)))
     return sorted(stems, key=lambda s: (s.stem, s.track))
 
 

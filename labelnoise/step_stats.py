@@ -6,12 +6,13 @@ One float64 vector with named slots per step, so a step costs one all_reduce wha
     stats.add(loss_output, finite=True, noisy=noisy)   # once per micro-batch
     stats.flag("stop", signal_seen)                     # flags: > 0 after the sum means "on some rank"
     stats.all_reduce()
-    stats.summary()   # {"loss": ..., "loss_per_source": {...}, "kept": {...}, "noisy_share": ..., "noisy_entries": ...}
+    stats.summary()   # {"loss": ..., "loss_per_source": {...}, "kept": {...}, "noisy_entries": {...}}
 
 On data with ground-truth noise labels (labelnoise.synth) the step also counts
 the (item, source) entries truncation dropped and kept, and how many of each
-were noisy: the counts are written (``noisy_entries``), and readers that pool
-steps add them up (labelnoise.report_stats.noisy_shares).
+were noisy. Only the counts are written (``noisy_entries``); a share is derived
+from them where it is shown (``labelnoise.report_stats.noisy_share``), and readers that pool steps add
+the counts up (labelnoise.report_stats.noisy_shares).
 """
 from __future__ import annotations
 
@@ -86,12 +87,9 @@ class StepStats:
                "loss_per_source": dict(zip(self.sources, (sums[sl["per_source"]] / n).tolist())),
                "kept": dict(zip(self.sources, (sums[sl["kept"]] / n).tolist()))}
         if self.labelled:
-            dropped, kept = self._value("dropped"), self._value("kept_n")
-            # The direct measure of truncation: noisy stems should be over-represented among the dropped.
-            out["noisy_share"] = {"dropped": self._value("noisy_dropped") / dropped if dropped else None,
-                                  "kept": self._value("noisy_kept") / kept if kept else None}
-            out["noisy_entries"] = {"noisy_dropped": int(self._value("noisy_dropped")), "dropped": int(dropped),
-                                    "noisy_kept": int(self._value("noisy_kept")), "kept": int(kept)}
+            out["noisy_entries"] = {"noisy_dropped": int(self._value("noisy_dropped")),
+                                    "dropped": int(self._value("dropped")),
+                                    "noisy_kept": int(self._value("noisy_kept")), "kept": int(self._value("kept_n"))}
         return out
 
 

@@ -22,9 +22,10 @@ from labelnoise.audio import AudioError, read_audio
 from labelnoise.checkpoint import load_model, save_model
 from labelnoise.config import build_model, load_config
 from labelnoise.filter_input import shift_stem
-from labelnoise.filter_pairs import Pair, share_out
+from labelnoise.filter_worklist import share_out
 from labelnoise.filter_records import rank_file
 from labelnoise.filtering import FilterError, run_filter
+from labelnoise.stem_record import Stem
 from labelnoise.synth import clean_track, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def records(out: Path) -> dict:
     lines = (out / "volumes.jsonl").read_text().splitlines()
     recs = [json.loads(line) for line in lines]
     keys = [(r["track"], r["stem"]) for r in recs]
-    assert keys == sorted(keys) and len(set(keys)) == len(keys), "sorted, one record per pair"
+    assert keys == sorted(keys) and len(set(keys)) == len(keys), "sorted, one record per stem"
     return dict(zip(keys, recs))
 
 
@@ -162,7 +163,7 @@ def test_resume_skips_recorded_and_other_settings_are_refused(tmp_path, data, mo
     model = load_model(model_file)
     run_filter(data, out, model, progress=False, model_name="tiny")
     # Drop one record, leave a killed writer's torn line in a rank file: the
-    # re-run recomputes that pair only, and the torn line disappears.
+    # re-run recomputes that stem only, and the torn line disappears.
     lines = (out / "volumes.jsonl").read_text().splitlines(keepends=True)
     (out / "volumes.jsonl").write_text("".join(lines[1:]))
     rank_file(out, 0).write_text(lines[0][:25])
@@ -226,10 +227,10 @@ def test_separator_output_of_the_wrong_shape_is_an_error(tmp_path, data):
 
 
 def test_share_out_balances_durations_and_mixes_stem_kinds():
-    pairs = [Pair(f"t{i}", s, Path(f"t{i}/{s}.wav"), 10.0 + (i % 3)) for i in range(12) for s in SOURCES]
-    shares = share_out(pairs, 4)
-    assert share_out(pairs, 4) == shares  # every rank computes the same split
-    assert sorted((p.track, p.stem) for share in shares for p in share) == sorted((p.track, p.stem) for p in pairs)
+    stems = [Stem(f"t{i}", s, Path(f"t{i}/{s}.wav"), 10.0 + (i % 3)) for i in range(12) for s in SOURCES]
+    shares = share_out(stems, 4)
+    assert share_out(stems, 4) == shares  # every rank computes the same split
+    assert sorted((p.track, p.stem) for share in shares for p in share) == sorted((p.track, p.stem) for p in stems)
     loads = [sum(p.seconds for p in share) for share in shares]
     assert max(loads) - min(loads) <= 12.0
     assert all(len({p.stem for p in share}) > 1 for share in shares)  # not one kind per rank

@@ -11,6 +11,7 @@ import pytest
 
 from labelnoise import metric_log
 from labelnoise.config import ConfigError, load_config
+from labelnoise.report_stats import noisy_share
 from labelnoise.trainer import Trainer
 from tests.test_train import synth  # noqa: F401 (a fixture: 4 tracks x 3 s, 16 kHz)
 
@@ -72,8 +73,8 @@ def test_tensorboard_and_wandb_mirror_metrics_jsonl(tmp_path, synth, fake_wandb)
     assert series("step/lr") == [(r["step"], pytest.approx(r["lr"], rel=1e-6)) for r in steps]
     assert series("step/kept/vocals") == [(r["step"], pytest.approx(r["kept"]["vocals"])) for r in steps]
     # The synthetic data's noise labels: the noisy shares among dropped and kept stems.
-    shares = [(r["step"], pytest.approx(r["noisy_share"]["kept"])) for r in steps
-              if r["noisy_share"]["kept"] is not None]
+    shares = [(r["step"], pytest.approx(noisy_share(r)["kept"])) for r in steps
+              if noisy_share(r)["kept"] is not None]
     assert shares and series("step/noisy_share/kept") == shares
     assert series("epoch/loss") == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in epochs]
 

@@ -210,7 +210,7 @@ def assert_same_training(run: Path, ref: Path) -> None:
     for a, b in zip(mine, theirs):
         # The kept fraction per source and the noisy share of the dropped and kept stems: which entries
         # the global quantile masked. Ratios of whole counts, so equal exactly.
-        assert (a["kept"], a["noisy_share"]) == (b["kept"], b["noisy_share"]), (run, a["step"])
+        assert (a["kept"], a["noisy_entries"]) == (b["kept"], b["noisy_entries"]), (run, a["step"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (run, a["step"])
 
 

@@ -256,3 +256,18 @@ def test_the_modules_not_yet_moved_agree_with_labelnoise_files():
     assert pipeline.BAG_FILE == files.BAG_FILE
     assert (report.MD_FILE, report.HTML_FILE) == (files.REPORT_MD, files.REPORT_HTML)
     assert Path(pipeline.Layout().data) == default_data()
+
+
+# ---------------------------------------------------------------- one record of a (track, stem)
+
+def _annotated_fields(cls: ast.ClassDef) -> set[str]:
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+def test_one_record_type_for_a_track_and_stem():
+    homes = []
+    for path in sorted((REPO / "labelnoise").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and {"track", "stem"} <= _annotated_fields(node):
+                homes.append(f"{path.relative_to(REPO)}:{node.name}")
+    assert homes == ["labelnoise/stem_record.py:Stem"], homes

@@ -5,6 +5,7 @@ from torch import nn
 
 from labelnoise.ema import WeightAverage
 from labelnoise.losses import LossOutput
+from labelnoise.report_stats import noisy_share
 from labelnoise.step_stats import StepStats
 
 
@@ -27,11 +28,11 @@ def test_step_stats_sum_micro_batches_and_count_noisy_entries():
     assert out["kept"] == {"a": 0.75, "b": 1.0}
     # Dropped: one entry (item 1, source a), noisy. Kept: 7, of them (0, b) once and both noisy ones once more.
     assert out["noisy_entries"] == {"noisy_dropped": 1, "dropped": 1, "noisy_kept": 3, "kept": 7}
-    assert out["noisy_share"] == {"dropped": 1.0, "kept": pytest.approx(3 / 7)}
+    assert "noisy_share" not in out and noisy_share(out) == {"dropped": 1.0, "kept": pytest.approx(3 / 7)}
     # An epoch adds its steps up.
     both = stats + stats
     assert both.summary()["noisy_entries"] == {"noisy_dropped": 2, "dropped": 2, "noisy_kept": 6, "kept": 14}
-    assert "noisy_share" not in StepStats(["a", "b"], labelled=False).summary()
+    assert noisy_share(StepStats(["a", "b"], labelled=False).summary()) is None
 
 
 def test_weight_average_moves_by_one_minus_decay_and_resets():

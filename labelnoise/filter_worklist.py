@@ -1,7 +1,6 @@
 """The filter's work list: every (track, stem) file of a dataset, and its share-out over ranks."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 from pathlib import Path
@@ -9,30 +8,21 @@ from typing import Sequence
 
 from .audio import AudioError, info
 from .evaluation import list_tracks
+from .stem_record import Stem
 
 
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    """One stem file: ``ROOT/<track>/<stem>.wav`` and its duration in seconds."""
-    track: str
-    stem: str
-    path: Path
-    seconds: float
-
-
-
-def list_pairs(data_root: str | os.PathLike, stems: Sequence[str], *,
-               skip_bad: bool = False) -> tuple[list[Pair], list[Path], list[str]]:
-    """``(pairs, missing files, unreadable files with the reason)`` of a track-folder dataset.
+def list_stems(data_root: str | os.PathLike, sources: Sequence[str], *,
+               skip_bad: bool = False) -> tuple[list[Stem], list[Path], list[str]]:
+    """``(stems, missing files, unreadable files with the reason)`` of a track-folder dataset.
 
     Every stem file's header is read here (for its duration), so a file that
     is not audio stops the run before any work, or, with ``skip_bad``, is
     left out and counted.
     """
-    pairs, missing, bad = [], [], []
+    stems, missing, bad = [], [], []
     for folder in list_tracks(data_root):
-        for stem in stems:
-            path = folder / f"{stem}.wav"
+        for source in sources:
+            path = folder / f"{source}.wav"
             if not path.exists():
                 missing.append(path)
                 continue
@@ -43,24 +33,24 @@ def list_pairs(data_root: str | os.PathLike, stems: Sequence[str], *,
                     raise
                 bad.append(str(exc))
                 continue
-            pairs.append(Pair(folder.name, stem, path, header.frames / header.samplerate))
-    return pairs, missing, bad
+            stems.append(Stem(folder.name, source, path, header.frames / header.samplerate))
+    return stems, missing, bad
 
 
-def share_out(pairs: Sequence[Pair], ranks: int) -> list[list[Pair]]:
-    """Pairs per rank: longest first, each to the rank with the least audio so far.
+def share_out(stems: Sequence[Stem], ranks: int) -> list[list[Stem]]:
+    """Stems per rank: longest first, each to the rank with the least audio so far.
 
     Deterministic (every rank computes the same split). Equal durations (the
     stems of one track) are taken in a fixed shuffled order, so no rank ends
     up with all the stems of one kind.
     """
-    order = list(pairs)
+    order = list(stems)
     random.Random(0).shuffle(order)
-    order.sort(key=lambda p: -p.seconds)  # stable: ties keep the shuffled order
-    shares: list[list[Pair]] = [[] for _ in range(ranks)]
+    order.sort(key=lambda st: -st.seconds)  # stable: ties keep the shuffled order
+    shares: list[list[Stem]] = [[] for _ in range(ranks)]
     load = [0.0] * ranks
-    for pair in order:
+    for st in order:
         r = min(range(ranks), key=lambda i: (load[i], i))
-        shares[r].append(pair)
-        load[r] += pair.seconds
+        shares[r].append(st)
+        load[r] += st.seconds
     return shares
