@@ -193,7 +193,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="one short epoch per stage: checks the machinery in a minute or two, learns nothing")
     p.add_argument("--threshold", default=d.threshold,
-                   help="the filters' rule: dB, 'auto' (Otsu per source) or 'keep=F' (default auto)")
+                   help="the filters' rule: dB, 'auto' (one population or two per source, labelnoise.thresholds), "
+                        "'otsu' or 'keep=F' (default auto)")
     p.add_argument("--trunc-by", choices=("absolute", "relative"), default=d.trunc_by,
                    help="how steps 1-3 rank entries for truncation (default relative)")
     p.add_argument("--configs", default=d.configs, help=f"stage configs (default {d.configs})")

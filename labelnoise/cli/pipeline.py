@@ -28,7 +28,7 @@ def add_chain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean", help="the clean twin of --data: the clean arm trains on it")
     p.add_argument("--runs", help="run root of every stage (default: the preset's)")
     p.add_argument("--pools", help="folder for the filtered stem pools (default: the preset's)")
-    p.add_argument("--threshold", help="auto_filter rule: dB, 'auto' or 'keep=F' (default: the preset's)")
+    p.add_argument("--threshold", help="auto_filter rule: dB, 'auto', 'otsu' or 'keep=F' (default: the preset's)")
     p.add_argument("--arms", default="", metavar="ARM,...",
                    help=f"control arms with the budget of steps 1-3: {', '.join(ARMS)} (default: none)")
     p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
