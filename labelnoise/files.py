@@ -84,6 +84,7 @@ MARGINS_CSV = "margins.csv"
 SWEEP_PNG = "sweep.png"
 
 # ------------------------------------------------------------------ a track folder (ROOT/<track>/)
+DATA_ROOT = "data/labelnoise"       # the noisy track folders when none are given (configs/base.yaml's data.root)
 MIXTURE_FILE = "mixture.wav"        # beside <source>.wav: the mix (read as given, or the sum of the stems)
 
 # ------------------------------------------------------------------ a synthetic set

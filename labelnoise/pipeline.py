@@ -101,7 +101,7 @@ ARMS = {
 class Layout:
     """What a chain of stages is made from; every path is used as given (relative: to the cwd)."""
     configs: str = "configs"
-    data: str = "data/labelnoise"   # the noisy track folders
+    data: str = files.DATA_ROOT     # the noisy track folders
     runs: str = "runs"              # run.root of every training stage; filter outputs too
     pools: str = "data"             # the filtered stem pools are made here
     key: int = 6
