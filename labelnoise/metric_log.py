@@ -9,11 +9,12 @@ the file):
     run.wandb: false        # the same three values; off by default
 
 A record ``{"kind": "step", "step": 12, "loss": 0.3, "kept": {"vocals": 0.7},
-"noisy_entries": {"noisy_dropped": 6, "dropped": 10, ...}, "lr": ...}`` becomes the scalars
-``step/loss``, ``step/kept/vocals``, ``step/noisy_entries/dropped``, ``step/lr``
-... at step 12, with the shares derived from the counts (``step/noisy_share/dropped``); epoch means are ``epoch/...``, validation ``valid/sdr`` and
-``valid/summary/per_source/<source>/mean``. TensorBoard's event files go in
-the run dir itself (``tensorboard --logdir runs`` shows every stage), and a
+"noisy_entries": {"noisy_dropped": 6, "dropped": 10, ...}, "lr": ...}`` becomes
+the scalars ``step/loss``, ``step/kept/vocals``, ``step/noisy_entries/dropped``,
+``step/lr`` ... at step 12, and the shares derived from the counts
+(``step/noisy_share/dropped``); epoch means are ``epoch/...``, validation
+``valid/sdr`` and ``valid/summary/per_source/<source>/mean``. TensorBoard's
+event files go in the run dir itself (``tensorboard --logdir runs`` shows every stage), and a
 resumed run purges the events from its first step on, as ``metrics.jsonl``
 is cut back. W&B runs offline unless ``WANDB_MODE`` says otherwise (there is
 no network on most training nodes; ``wandb sync`` uploads later), its files

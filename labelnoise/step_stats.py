@@ -10,9 +10,9 @@ One float64 vector with named slots per step, so a step costs one all_reduce wha
 
 On data with ground-truth noise labels (labelnoise.synth) the step also counts
 the (item, source) entries truncation dropped and kept, and how many of each
-were noisy. Only the counts are written (``noisy_entries``); a share is derived
-from them where it is shown (``labelnoise.report_stats.noisy_share``), and readers that pool steps add
-the counts up (labelnoise.report_stats.noisy_shares).
+were noisy. Only the counts are written (``noisy_entries``); a share is
+derived from them where it is shown (labelnoise.report_stats.noisy_share),
+and readers that pool steps add the counts up (report_stats.noisy_shares).
 """
 from __future__ import annotations
 

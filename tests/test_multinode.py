@@ -208,8 +208,8 @@ def assert_same_training(run: Path, ref: Path) -> None:
     mine, theirs = steps(run), steps(ref)
     assert [m["step"] for m in mine] == [m["step"] for m in theirs] == list(range(1, len(theirs) + 1))
     for a, b in zip(mine, theirs):
-        # The kept fraction per source and the noisy share of the dropped and kept stems: which entries
-        # the global quantile masked. Ratios of whole counts, so equal exactly.
+        # The kept fraction per source and the noisy stems among the dropped and kept entries: which
+        # entries the global quantile masked. Whole counts and their ratios, so equal exactly.
         assert (a["kept"], a["noisy_entries"]) == (b["kept"], b["noisy_entries"]), (run, a["step"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (run, a["step"])
 
