@@ -1,12 +1,13 @@
 """The final bag: each source from the model that separates it best on tracks no model of Part 2 trained on.
 
-For each source the candidates are its fine-tunes and joint360
+For each source the candidates are every model of Part 2: its own
+fine-tunes first, the other fine-tunes, joint360 last
 (``pipeline.BAG_CANDIDATES``). Each is scored (challenge SDR per source) on
 the clean validation tracks when the user gave some (``--valid``), else on
 the tracks held out of the pools (labelnoise.holdout), against those of
 their stems the second filter kept: a stem the filter found noisy is no
 reference. The bag takes each source from the best-scoring candidate (a tie
-goes to the first, the fine-tune); a source with no reference at all takes
+goes to the first, its own fine-tune); a source with no reference at all takes
 its fine-tune, as the original did. ``final.yaml`` records every choice, its
 scores and why, and flags a fine-tune whose pool is thin: fewer than
 ``THIN_SHARE`` of the dataset's stems of its source.

@@ -233,7 +233,8 @@ def _bag(doc: Doc, facts: Facts) -> None:
     choices = read_mapping(path, ReportError).get("choices") or {}
     doc.h(2, "The final bag's choice")
     held = facts.heldout()
-    doc.p("Each source comes from the candidate (its fine-tunes, or joint360) with the best SDR on tracks no "
+    doc.p("Each source comes from the model of Part 2 (its own fine-tunes, the other fine-tunes or joint360) "
+          "with the best SDR on tracks no "
           "model of Part 2 trained on: the clean validation tracks (`--valid`), else the tracks held out of the "
           "pools, scored against those of their stems the second filter kept.")
     names = list(dict.fromkeys(n for c in BAG_CANDIDATES.values() for n in c))

@@ -99,6 +99,16 @@ def test_the_bag_takes_each_source_from_its_best_candidate(tmp_path):
     assert {s: c["model"] for s, c in choices.items()} == \
         {"drums": "drums", "bass": "joint360", "other": "other_trunc", "vocals": "joint360"}
     assert choices["other"]["why"] == "best on the held-out tracks: 1.80 dB (against other 1.20, joint360 1.00)"
+    # Every model of Part 2 is a candidate for every source: other_trunc's drums beat the drums fine-tune's,
+    # the vocals fine-tune's bass beats the bass fine-tune's; the own fine-tune is listed first.
+    wider = {**scores, "other_trunc": {"drums": 3.7, "other": 1.8}, "vocals": {"bass": 4.2, "vocals": None}}
+    assert {s: c["model"] for s, c in final_bag.pick(wider).items()} == \
+        {"drums": "other_trunc", "bass": "vocals", "other": "other_trunc", "vocals": "joint360"}
+    assert final_bag.pick(wider)["drums"]["why"] == \
+        "best on the held-out tracks: 3.70 dB (against drums 3.50, joint360 3.00)"
+    assert all(names[0] == pipeline.BAG_SOURCES[s] and names[-1] == pipeline.JOINT
+               and set(names) == {pipeline.JOINT, "other", *pipeline.FINETUNES}
+               for s, names in pipeline.BAG_CANDIDATES.items())
     assert final_bag.pick({"drums": {"drums": 2.0}, "joint360": {"drums": 2.0}})["drums"]["model"] == "drums"
     assert final_bag.pick({})["vocals"] == {"model": "vocals",
                                            "why": "no held-out reference for this source: its fine-tune"}
