@@ -63,8 +63,8 @@ BAG_SOURCES = {source: names[0] for source, names in OWN_FINETUNES.items()}
 # separate a source better than its own fine-tune (the demo's other_trunc, truncated over all four sources,
 # beat the bass, drums and vocals fine-tunes). The bag takes the one that scores best on tracks Part 2 did
 # not train on (labelnoise.final_bag); a tie goes to the first.
-_PART2 = (*FINETUNES, "other")
-BAG_CANDIDATES = {source: (*own, *(n for n in _PART2 if n not in own), JOINT)
+PART2_MODELS = (JOINT, *FINETUNES, "other")
+BAG_CANDIDATES = {source: (*own, *(n for n in PART2_MODELS[1:] if n not in own), JOINT)
                   for source, own in OWN_FINETUNES.items()}
 # --quick: items per step, and 2 steps per epoch: checks the machinery, learns nothing.
 QUICK_BATCH = 8

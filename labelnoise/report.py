@@ -28,7 +28,8 @@ from .atomic import write_text
 from .document import Doc, fmt
 from .files import MARGINS_PNG, REPORT_HTML, REPORT_MD
 from .filter_report import blind_text
-from .pipeline import ARMS, BAG_CANDIDATES, BAG_FILE, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1
+from .pipeline import (ARMS, BAG_CANDIDATES, BAG_FILE, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1,
+                       PART2_MODELS)
 from .report_facts import Facts, ReportError, gather
 from .report_plots import plot_losses, plot_margins, plot_sdr, plot_spectrogram, plot_truncation, stage_label
 from .report_stats import CLEAR, combined_shares, compare, comparison_text, noisy_shares
@@ -237,7 +238,7 @@ def _bag(doc: Doc, facts: Facts) -> None:
           "with the best SDR on tracks no "
           "model of Part 2 trained on: the clean validation tracks (`--valid`), else the tracks held out of the "
           "pools, scored against those of their stems the second filter kept.")
-    names = list(dict.fromkeys(n for c in BAG_CANDIDATES.values() for n in c))
+    names = list(PART2_MODELS)
     rows = []
     for source in SOURCES:
         c = choices.get(source, {})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .files import CONFIG_FILE, MARGINS_CSV, METRICS_FILE, SELECTION_FILE
 from .final_bag import HELDOUT_FILE
-from .pipeline import ARMS, BAG_CANDIDATES, BAG_STAGE, FILTERS
+from .pipeline import ARMS, BAG_STAGE, FILTERS, PART2_MODELS
 from .runner import MANIFEST
 from .synth import LABELS_FILE, PARAMS_FILE
 from .yamlio import read_mapping
@@ -81,7 +81,7 @@ class Facts:
     def heldout(self) -> dict[str, dict[str, float]]:
         """Each bag candidate's held-out SDR per source (labelnoise.final_bag), where scored."""
         out = {}
-        for name in dict.fromkeys(n for c in BAG_CANDIDATES.values() for n in c):
+        for name in PART2_MODELS:
             stage = next((s for s in self.stages if s["name"] == name), None)
             path = None if stage is None else Path(stage["done"]).parent / HELDOUT_FILE
             if path is not None and path.is_file():
