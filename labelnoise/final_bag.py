@@ -22,28 +22,68 @@ from pathlib import Path
 from . import SOURCES
 from .atomic import write_text
 from .files import BAG_FILE, HELDOUT_SCORES_FILE as HELDOUT_FILE, MODEL_FILE
-from .pipeline import BAG_CANDIDATES, PipelineError
+from .pipeline import BAG_CANDIDATES, JOINT, PipelineError
 
 log = logging.getLogger(__name__)
 
 THIN_SHARE = 0.5
+# A candidate replaces joint360 for a source only when its mean gain on the held-out tracks exceeds this
+# many standard errors of the per-track gains: the rule by which the report calls a difference a rise.
+PROOF_SE = 2.0
 
 
-def pick(scores: dict[str, dict[str, float | None]], candidates=BAG_CANDIDATES) -> dict[str, dict]:
-    """Per source: the candidate with the best score (``scores[model][source]``, None: not scored) and why."""
+def pick(scores: dict[str, dict[str, dict[str, float]]], candidates=BAG_CANDIDATES,
+         base: str = JOINT) -> dict[str, dict]:
+    """Per source: the model it is taken from, and why.
+
+    ``scores[model][source]`` holds the SDR per reference track. ``base`` (joint360, the model every
+    fine-tune starts from) keeps a source unless another candidate proves a gain over it: a mean gain on
+    the tracks both were scored on larger than ``PROOF_SE`` standard errors (none below two tracks). A handful of held-out tracks ranks
+    models a few tenths of a dB apart at random, and a fine-tune that merely looks better there can be
+    worse on new songs; among the candidates that prove a gain, the best mean wins (a tie: the first,
+    the source's own fine-tune). A source with no reference at all takes its own fine-tune, as the
+    original did; one that ``base`` was not scored on takes the best mean.
+    """
     out = {}
     for source, names in candidates.items():
-        scored = [(scores.get(n, {}).get(source), n) for n in names]
-        scored = [(v, n) for v, n in scored if v is not None]
-        if not scored:
+        per_model = {n: scores.get(n, {}).get(source) or {} for n in names}
+        means = {n: sum(v.values()) / len(v) for n, v in per_model.items() if v}
+        if not means:
             out[source] = {"model": names[0], "why": "no held-out reference for this source: its fine-tune"}
             continue
-        best = max(v for v, _ in scored)
-        model = next(n for v, n in scored if v == best)  # the first of the best: the fine-tune on a tie
-        others = ", ".join(f"{n} {v:.2f}" for v, n in scored if n != model)
-        out[source] = {"model": model, "why": f"best on the held-out tracks: {best:.2f} dB"
-                                              + (f" (against {others})" if others else "")}
+        against = ", ".join(f"{n} {m:.2f}" for n, m in means.items())
+        if base not in means:
+            model = max(means, key=means.get)  # max keeps the first of equals
+            out[source] = {"model": model, "why": f"best on the held-out tracks: {means[model]:.2f} dB ({against})"}
+            continue
+        gains = {n: paired_gain(per_model[n], per_model[base]) for n in means if n != base}
+        proven = [n for n, (gain, se, _) in gains.items() if gain > PROOF_SE * se]
+        if proven:
+            model = max(proven, key=means.get)
+            gain, se, tracks = gains[model]
+            why = (f"beat {base} on the held-out tracks by {gain:+.2f} ± {se:.2f} dB over {tracks} track(s) "
+                   f"({against})")
+        else:
+            model = base
+            runner_up = max(gains, key=lambda n: gains[n][0])
+            gain, se, tracks = gains[runner_up]
+            why = (f"no other model beat it by more than {PROOF_SE:g} standard errors on the held-out tracks "
+                   f"(closest: {runner_up} {gain:+.2f} ± {se:.2f} dB over {tracks} track(s); {against})")
+        out[source] = {"model": model, "why": why}
     return out
+
+
+def paired_gain(scores: dict[str, float], base: dict[str, float]) -> tuple[float, float, int]:
+    """Mean gain over ``base`` on the tracks both hold, its standard error (inf below 2 tracks), the count."""
+    diffs = [scores[t] - base[t] for t in scores if t in base]
+    if not diffs:
+        return float("-inf"), float("inf"), 0
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return mean, float("inf"), n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, (var / n) ** 0.5, n
 
 
 def thin_pools(selection: dict | None, candidates=BAG_CANDIDATES) -> dict[str, str]:
@@ -101,6 +141,7 @@ def reference_set(selection: dict | None, data, valid, device: str):
 def build(runs: str | Path, *, selection_dir=None, data=None, valid=None, device: str = "cpu",
           candidates=BAG_CANDIDATES) -> Path:
     """Score the candidates (cached in their run dirs), choose, write ``RUNS/final.yaml``."""
+    from .scoring import reference_scores
     from .selection import read_selection
 
     runs = Path(runs)
@@ -113,7 +154,7 @@ def build(runs: str | Path, *, selection_dir=None, data=None, valid=None, device
             if not model.exists():
                 raise PipelineError(f"{model}: not found; the {name} stage has not finished")
             report = refs.evaluate(model, runs / name / HELDOUT_FILE)
-            scores[name] = {s: v["mean"] for s, v in report["references"].items()}
+            scores[name] = reference_scores(report, refs.keep)
     choices = pick(scores, candidates)
     thin = thin_pools(selection, candidates)
     for s, words in thin.items():

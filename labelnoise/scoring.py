@@ -51,12 +51,18 @@ def identity(folder: Path, tracks: list[str] | None = None, keep: dict | None = 
     return {"folder": str(folder.resolve()), "tracks": len(folders), "digest": digest.hexdigest()[:16]}
 
 
+def reference_scores(report: dict, keep: dict | None) -> dict[str, dict[str, float]]:
+    """Per source, per track: SDR on the tracks whose stem is a reference (all of them without ``keep``)."""
+    return {source: {track: scores[source] for track, scores in report["scores"].items()
+                     if keep is None or source in keep.get(track, ())}
+            for source in report["sources"]}
+
+
 def reference_means(report: dict, keep: dict | None) -> dict:
     """Per source: mean SDR over the tracks whose stem is a reference (all of them without ``keep``)."""
     out = {}
-    for source in report["sources"]:
-        values = [scores[source] for track, scores in report["scores"].items()
-                  if keep is None or source in keep.get(track, ())]
+    for source, per_track in reference_scores(report, keep).items():
+        values = list(per_track.values())
         out[source] = {"mean": sum(values) / len(values) if values else None, "tracks": len(values)}
     return out
 
