@@ -63,6 +63,8 @@ def pick(scores: dict[str, dict[str, dict[str, float]]], candidates=BAG_CANDIDAT
             gain, se, tracks = gains[model]
             why = (f"beat {base} on the held-out tracks by {gain:+.2f} ± {se:.2f} dB over {tracks} track(s) "
                    f"({against})")
+        elif not gains:
+            model, why = base, f"the only candidate scored on the held-out tracks: {means[base]:.2f} dB"
         else:
             model = base
             runner_up = max(gains, key=lambda n: gains[n][0])

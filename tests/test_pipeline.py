@@ -90,26 +90,47 @@ def test_tsv_listing_round_trips(capsys):
         assert tuple(shlex.split(argv)) == stage.argv
 
 
-def test_the_bag_takes_each_source_from_its_best_candidate(tmp_path):
-    # Hand-built held-out scores: joint360 beats the bass and vocals fine-tunes, other_trunc beats other.
-    scores = {"joint360": {"drums": 3.0, "bass": 4.0, "other": 1.0, "vocals": 5.0},
-              "drums": {"drums": 3.5}, "bass": {"bass": 3.9}, "other_trunc": {"other": 1.8},
-              "other": {"other": 1.2}, "vocals": {"vocals": None}}
+def _per_track(*values):
+    return {f"track_{i}": v for i, v in enumerate(values)}
+
+
+def test_the_bag_keeps_joint360_unless_a_candidate_proves_a_gain(tmp_path):
+    # Hand-built held-out scores per track: the drums fine-tune beats joint360 on every track, the bass
+    # fine-tune is below it, other_trunc and other both beat it on other (other_trunc more), vocals has
+    # no score but joint360's.
+    flat = _per_track(3.0, 3.0, 3.0, 3.0)
+    scores = {"joint360": {"drums": flat, "bass": _per_track(4.0, 4.0, 4.0, 4.0),
+                           "other": _per_track(1.0, 1.0, 1.0, 1.0), "vocals": _per_track(5.0, 5.0, 5.0, 5.0)},
+              "drums": {"drums": _per_track(3.5, 3.6, 3.4, 3.5)}, "bass": {"bass": _per_track(3.9, 3.9, 3.8, 4.0)},
+              "other_trunc": {"other": _per_track(1.8, 1.7, 1.9, 1.8)},
+              "other": {"other": _per_track(1.2, 1.3, 1.1, 1.2)}, "vocals": {"vocals": {}}}
     choices = final_bag.pick(scores)
     assert {s: c["model"] for s, c in choices.items()} == \
         {"drums": "drums", "bass": "joint360", "other": "other_trunc", "vocals": "joint360"}
-    assert choices["other"]["why"] == "best on the held-out tracks: 1.80 dB (against other 1.20, joint360 1.00)"
+    assert choices["other"]["why"] == ("beat joint360 on the held-out tracks by +0.80 ± 0.04 dB over 4 track(s) "
+                                       "(other 1.20, other_trunc 1.80, joint360 1.00)")
+    assert choices["bass"]["why"].startswith("no other model beat it by more than 2 standard errors on the "
+                                             "held-out tracks (closest: bass -0.10 ± 0.04 dB over 4 track(s)")
+    # A larger mean gain that swings from track to track proves nothing; one track proves nothing.
+    noisy = {**scores, "drums": {"drums": _per_track(4.5, 2.1, 4.2, 2.4)}}
+    assert final_bag.paired_gain(noisy["drums"]["drums"], flat)[0] == pytest.approx(0.3)
+    assert final_bag.pick(noisy)["drums"]["model"] == "joint360"
+    one = {"joint360": {"drums": {"track_0": 3.0}}, "drums": {"drums": {"track_0": 9.0}}}
+    assert final_bag.pick(one)["drums"]["model"] == "joint360"
+    assert final_bag.paired_gain({"track_0": 9.0}, {"track_0": 3.0}) == (6.0, float("inf"), 1)
     # Every model of Part 2 is a candidate for every source: other_trunc's drums beat the drums fine-tune's,
-    # the vocals fine-tune's bass beats the bass fine-tune's; the own fine-tune is listed first.
-    wider = {**scores, "other_trunc": {"drums": 3.7, "other": 1.8}, "vocals": {"bass": 4.2, "vocals": None}}
+    # the vocals fine-tune's bass beats joint360's; the own fine-tune is listed first and wins a tie.
+    wider = {**scores, "other_trunc": {**scores["other_trunc"], "drums": _per_track(3.8, 3.9, 3.7, 3.8)},
+             "vocals": {"bass": _per_track(4.5, 4.6, 4.4, 4.5)}}
     assert {s: c["model"] for s, c in final_bag.pick(wider).items()} == \
         {"drums": "other_trunc", "bass": "vocals", "other": "other_trunc", "vocals": "joint360"}
-    assert final_bag.pick(wider)["drums"]["why"] == \
-        "best on the held-out tracks: 3.70 dB (against drums 3.50, joint360 3.00)"
+    tie = {**wider, "other_trunc": {"drums": scores["drums"]["drums"]}}
+    assert final_bag.pick(tie)["drums"]["model"] == "drums"
     assert all(names[0] == pipeline.BAG_SOURCES[s] and names[-1] == pipeline.JOINT
                and set(names) == {pipeline.JOINT, "other", *pipeline.FINETUNES}
                for s, names in pipeline.BAG_CANDIDATES.items())
-    assert final_bag.pick({"drums": {"drums": 2.0}, "joint360": {"drums": 2.0}})["drums"]["model"] == "drums"
+    # Without joint360's score the best mean; without any score the source's own fine-tune.
+    assert final_bag.pick({"drums": {"drums": flat}, "bass": {"drums": _per_track(4.0)}})["drums"]["model"] == "bass"
     assert final_bag.pick({})["vocals"] == {"model": "vocals",
                                            "why": "no held-out reference for this source: its fine-tune"}
     thin = final_bag.thin_pools({"counts": {"vocals": {"kept": 9, "total": 24}, "bass": {"kept": 20, "total": 24}}})
