@@ -1,4 +1,4 @@
-"""The final bag: each source from the model that separates it best on tracks no model of Part 2 trained on.
+"""The final bag: each source from joint360, or from the model that proves it separates it better.
 
 For each source the candidates are every model of Part 2: its own
 fine-tunes first, the other fine-tunes, joint360 last
@@ -6,11 +6,13 @@ fine-tunes first, the other fine-tunes, joint360 last
 the clean validation tracks when the user gave some (``--valid``), else on
 the tracks held out of the pools (labelnoise.holdout), against those of
 their stems the second filter kept: a stem the filter found noisy is no
-reference. The bag takes each source from the best-scoring candidate (a tie
-goes to the first, its own fine-tune); a source with no reference at all takes
-its fine-tune, as the original did. ``final.yaml`` records every choice, its
-scores and why, and flags a fine-tune whose pool is thin: fewer than
-``THIN_SHARE`` of the dataset's stems of its source.
+reference. A source stays with joint360 unless another candidate's mean
+per-track gain over it exceeds ``PROOF_SE`` standard errors; of those that
+do, the best wins (a tie goes to the first, its own fine-tune). A source
+with no reference at all takes its fine-tune, as the original did.
+``final.yaml`` records every choice, its scores and why, and flags a
+fine-tune whose pool is thin: fewer than ``THIN_SHARE`` of the dataset's
+stems of its source.
 
     python -m labelnoise.pipeline bag --runs runs --selection POOL --data data/labelnoise
 """
@@ -109,8 +111,8 @@ def write(runs: str | Path, choices: dict[str, dict], thin: dict[str, str] | Non
         if not (runs / name / MODEL_FILE).exists():
             raise PipelineError(f"{runs / name / MODEL_FILE}: not found; the {name} stage has not finished")
     rows = [[1 if choices[s]["model"] == name else 0 for s in SOURCES] for name in chosen]
-    lines = ["# The final system: each source from the model that scored best on it on tracks Part 2 did not",
-             "# train on (python -m labelnoise.pipeline bag; labelnoise/final_bag.py).",
+    lines = ["# The final system: each source from joint360, or from the model that beat it by more than",
+             f"# {PROOF_SE:g} standard errors on tracks Part 2 did not train on (labelnoise/final_bag.py).",
              f"models: [{', '.join(f'{name}/{MODEL_FILE}' for name in chosen)}]",
              "weights:        # rows: models; columns: " + ", ".join(SOURCES)]
     lines += [f"  - {row}" for row in rows]

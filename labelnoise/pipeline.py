@@ -79,7 +79,7 @@ DESCRIPTIONS = {
     "drums": "joint360 + fine-tune (mostly drums loss)",
     "other_trunc": "joint360 + fine-tune, truncated L1 (C 0.9)",
     "other": "other_trunc + fine-tune (other loss)",
-    BAG_STAGE: "final: each source from its best model on the held-out tracks",
+    BAG_STAGE: "final: each source from joint360 or a model proven better on the held-out tracks",
 }
 
 
