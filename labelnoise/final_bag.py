@@ -7,7 +7,8 @@ the clean validation tracks when the user gave some (``--valid``), else on
 the tracks held out of the pools (labelnoise.holdout), against those of
 their stems the second filter kept: a stem the filter found noisy is no
 reference. A source stays with joint360 unless another candidate's mean
-per-track gain over it exceeds ``PROOF_SE`` standard errors; of those that
+per-track gain over it exceeds ``report_stats.CLEAR`` standard errors, the
+rule by which the report calls any difference a rise; of those that
 do, the best wins (a tie goes to the first, its own fine-tune). A source
 with no reference at all takes its fine-tune, as the original did.
 ``final.yaml`` records every choice, its scores and why, and flags a
@@ -25,13 +26,11 @@ from . import SOURCES
 from .atomic import write_text
 from .files import BAG_FILE, HELDOUT_SCORES_FILE as HELDOUT_FILE, MODEL_FILE
 from .pipeline import BAG_CANDIDATES, JOINT, PipelineError
+from .report_stats import CLEAR, clear_rise, paired
 
 log = logging.getLogger(__name__)
 
 THIN_SHARE = 0.5
-# A candidate replaces joint360 for a source only when its mean gain on the held-out tracks exceeds this
-# many standard errors of the per-track gains: the rule by which the report calls a difference a rise.
-PROOF_SE = 2.0
 
 
 def pick(scores: dict[str, dict[str, dict[str, float]]], candidates=BAG_CANDIDATES,
@@ -40,11 +39,11 @@ def pick(scores: dict[str, dict[str, dict[str, float]]], candidates=BAG_CANDIDAT
 
     ``scores[model][source]`` holds the SDR per reference track. ``base`` (joint360, the model every
     fine-tune starts from) keeps a source unless another candidate proves a gain over it: a mean gain on
-    the tracks both were scored on larger than ``PROOF_SE`` standard errors (none below two tracks). A handful of held-out tracks ranks
-    models a few tenths of a dB apart at random, and a fine-tune that merely looks better there can be
-    worse on new songs; among the candidates that prove a gain, the best mean wins (a tie: the first,
-    the source's own fine-tune). A source with no reference at all takes its own fine-tune, as the
-    original did; one that ``base`` was not scored on takes the best mean.
+    the tracks both were scored on larger than ``CLEAR`` standard errors (none below two tracks). A
+    handful of held-out tracks ranks models a few tenths of a dB apart at random, and a fine-tune that
+    merely looks better there can be worse on new songs; among the candidates that prove a gain, the
+    best mean wins (a tie: the first, the source's own fine-tune). A source with no reference at all
+    takes its own fine-tune, as the original did; one that ``base`` was not scored on takes the best mean.
     """
     out = {}
     for source, names in candidates.items():
@@ -58,36 +57,25 @@ def pick(scores: dict[str, dict[str, dict[str, float]]], candidates=BAG_CANDIDAT
             model = max(means, key=means.get)  # max keeps the first of equals
             out[source] = {"model": model, "why": f"best on the held-out tracks: {means[model]:.2f} dB ({against})"}
             continue
-        gains = {n: paired_gain(per_model[n], per_model[base]) for n in means if n != base}
-        proven = [n for n, (gain, se, _) in gains.items() if gain > PROOF_SE * se]
+        gains = {n: c for n in means if n != base and (c := paired(per_model[n], per_model[base]))}
+        proven = [n for n, c in gains.items() if clear_rise(c)]
         if proven:
             model = max(proven, key=means.get)
-            gain, se, tracks = gains[model]
-            why = (f"beat {base} on the held-out tracks by {gain:+.2f} ± {se:.2f} dB over {tracks} track(s) "
-                   f"({against})")
+            why = f"beat {base} on the held-out tracks by {_gain(gains[model])} ({against})"
         elif not gains:
             model, why = base, f"the only candidate scored on the held-out tracks: {means[base]:.2f} dB"
         else:
             model = base
-            runner_up = max(gains, key=lambda n: gains[n][0])
-            gain, se, tracks = gains[runner_up]
-            why = (f"no other model beat it by more than {PROOF_SE:g} standard errors on the held-out tracks "
-                   f"(closest: {runner_up} {gain:+.2f} ± {se:.2f} dB over {tracks} track(s); {against})")
+            runner_up = max(gains, key=lambda n: gains[n]["diff"])
+            why = (f"no other model beat it by more than {CLEAR:g} standard errors on the held-out tracks "
+                   f"(closest: {runner_up} {_gain(gains[runner_up])}; {against})")
         out[source] = {"model": model, "why": why}
     return out
 
 
-def paired_gain(scores: dict[str, float], base: dict[str, float]) -> tuple[float, float, int]:
-    """Mean gain over ``base`` on the tracks both hold, its standard error (inf below 2 tracks), the count."""
-    diffs = [scores[t] - base[t] for t in scores if t in base]
-    if not diffs:
-        return float("-inf"), float("inf"), 0
-    n = len(diffs)
-    mean = sum(diffs) / n
-    if n < 2:
-        return mean, float("inf"), n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return mean, (var / n) ** 0.5, n
+def _gain(c: dict) -> str:
+    se = "no standard error" if c["se"] is None else f"± {c['se']:.2f} dB"
+    return f"{c['diff']:+.2f} {se} over {c['n']} track(s)"
 
 
 def thin_pools(selection: dict | None, candidates=BAG_CANDIDATES) -> dict[str, str]:
@@ -112,7 +100,7 @@ def write(runs: str | Path, choices: dict[str, dict], thin: dict[str, str] | Non
             raise PipelineError(f"{runs / name / MODEL_FILE}: not found; the {name} stage has not finished")
     rows = [[1 if choices[s]["model"] == name else 0 for s in SOURCES] for name in chosen]
     lines = ["# The final system: each source from joint360, or from the model that beat it by more than",
-             f"# {PROOF_SE:g} standard errors on tracks Part 2 did not train on (labelnoise/final_bag.py).",
+             f"# {CLEAR:g} standard errors on tracks Part 2 did not train on (labelnoise/final_bag.py).",
              f"models: [{', '.join(f'{name}/{MODEL_FILE}' for name in chosen)}]",
              "weights:        # rows: models; columns: " + ", ".join(SOURCES)]
     lines += [f"  - {row}" for row in rows]

@@ -61,8 +61,9 @@ BAG_SOURCES = {source: names[0] for source, names in OWN_FINETUNES.items()}
 # The models the final bag may take each source from: every model of Part 2, the source's own fine-tunes
 # first and joint360 last. Every model separates all four sources, and one fine-tuned for another source
 # can separate a source better than its own fine-tune (in the demo the drums fine-tune beat the bass and
-# vocals fine-tunes on their sources: docs/BENCHMARKS.md). The bag takes the one that scores best on tracks
-# Part 2 did not train on (labelnoise.final_bag); a tie goes to the first.
+# vocals fine-tunes on their sources: docs/BENCHMARKS.md). The bag keeps joint360 for a source unless another
+# candidate proves a gain over it on tracks Part 2 did not train on (labelnoise.final_bag); a tie goes to the
+# first.
 PART2_MODELS = (JOINT, *FINETUNES, "other")
 BAG_CANDIDATES = {source: (*own, *(n for n in PART2_MODELS[1:] if n not in own), JOINT)
                   for source, own in OWN_FINETUNES.items()}

@@ -13,15 +13,24 @@ CLEAR = 2.0  # a difference counts when it exceeds this many standard errors
 
 
 def compare(a: dict, b: dict) -> dict | None:
-    """Per-track mean SDR of ``a`` minus ``b`` over their common tracks: mean, standard error, wins."""
-    tracks = sorted(set(a["scores"]) & set(b["scores"]))
+    """Per-track mean SDR of ``a`` minus ``b`` (two score reports) over their common tracks."""
+    return paired({t: s["mean"] for t, s in a["scores"].items()}, {t: s["mean"] for t, s in b["scores"].items()})
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> dict | None:
+    """Per-track ``a`` minus ``b`` over their common tracks: mean, standard error (None below 2), wins."""
+    tracks = sorted(set(a) & set(b))
     if not tracks:
         return None
-    d = np.array([a["scores"][t]["mean"] - b["scores"][t]["mean"] for t in tracks])
+    d = np.array([a[t] - b[t] for t in tracks])
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None
     return {"diff": float(d.mean()), "se": se, "n": len(d), "wins": int((d > 0).sum()),
-            "a": float(np.mean([a["scores"][t]["mean"] for t in tracks])),
-            "b": float(np.mean([b["scores"][t]["mean"] for t in tracks]))}
+            "a": float(np.mean([a[t] for t in tracks])), "b": float(np.mean([b[t] for t in tracks]))}
+
+
+def clear_rise(c: dict | None) -> bool:
+    """Whether a paired difference is a rise by the report's rule: more than ``CLEAR`` standard errors."""
+    return c is not None and c["se"] is not None and c["diff"] > CLEAR * c["se"]
 
 
 def verdict(c: dict | None) -> str:
@@ -30,7 +39,7 @@ def verdict(c: dict | None) -> str:
         return "not measured"
     if c["n"] < 3 or c["se"] is None:
         return "too few test tracks to tell"
-    if c["diff"] > CLEAR * c["se"]:
+    if clear_rise(c):
         return "raised"
     if c["diff"] < -CLEAR * c["se"]:
         return "lowered"

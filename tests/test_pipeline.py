@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labelnoise import SOURCES, final_bag, pipeline, runner
+from labelnoise import SOURCES, final_bag, pipeline, report_stats, runner
 from labelnoise.yamlio import read_mapping
 from labelnoise.bag import load_bag
 from labelnoise.config import load_config
@@ -113,11 +113,12 @@ def test_the_bag_keeps_joint360_unless_a_candidate_proves_a_gain(tmp_path):
                                              "held-out tracks (closest: bass -0.10 ± 0.04 dB over 4 track(s)")
     # A larger mean gain that swings from track to track proves nothing; one track proves nothing.
     noisy = {**scores, "drums": {"drums": _per_track(4.5, 2.1, 4.2, 2.4)}}
-    assert final_bag.paired_gain(noisy["drums"]["drums"], flat)[0] == pytest.approx(0.3)
+    assert report_stats.paired(noisy["drums"]["drums"], flat)["diff"] == pytest.approx(0.3)
     assert final_bag.pick(noisy)["drums"]["model"] == "joint360"
     one = {"joint360": {"drums": {"track_0": 3.0}}, "drums": {"drums": {"track_0": 9.0}}}
     assert final_bag.pick(one)["drums"]["model"] == "joint360"
-    assert final_bag.paired_gain({"track_0": 9.0}, {"track_0": 3.0}) == (6.0, float("inf"), 1)
+    gain = report_stats.paired({"track_0": 9.0}, {"track_0": 3.0})
+    assert (gain["diff"], gain["se"], gain["n"]) == (6.0, None, 1)
     # Every model of Part 2 is a candidate for every source: other_trunc's drums beat the drums fine-tune's,
     # the vocals fine-tune's bass beats joint360's; the own fine-tune is listed first and wins a tie.
     wider = {**scores, "other_trunc": {**scores["other_trunc"], "drums": _per_track(3.8, 3.9, 3.7, 3.8)},

@@ -103,7 +103,8 @@ def main(argv=None) -> int:
                          help="tsv: a line per stage for shell scripts; runs: the run root alone")
     from labelnoise import runner
     runner.add_run_arguments(run)
-    bag = sub.add_parser("bag", help=f"write RUNS/{BAG_FILE}: each source from joint360 or a model proven better on held-out tracks")
+    bag = sub.add_parser("bag", help=f"write RUNS/{BAG_FILE}: each source from joint360 or a model proven "
+                                     "better on held-out tracks")
     bag.add_argument("--runs", default="runs")
     bag.add_argument("--selection", help=f"the second filter's pool (its {files.SELECTION_FILE} lists the held-out tracks)")
     bag.add_argument("--data", help="the track folders the held-out tracks are in")
