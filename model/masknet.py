@@ -5,11 +5,13 @@ frame by frame through a linear layer, a bidirectional LSTM over time and a
 linear head that predicts one mask per source, channel and frequency bin.
 The masks (a softmax over the sources, so the estimates add up to the
 mixture) multiply the complex mixture STFT, and an inverse STFT gives the
-waveforms. 1.5 M parameters at the defaults (16 kHz, nfft 1024); it is
-the demo's network, where HTDemucs would learn too slowly on a laptop CPU:
-on 2 cores a training step of 16 x 1 s items takes ~0.2 s, and
-``configs/demo/step1.yaml`` with plain L1 on clean synthetic data reaches
-6.2 dB SDR after 90 steps (7.5 dB after 540 at a third of the lr).
+waveforms. 1.5 M parameters at the defaults (16 kHz, nfft 1024; the demo
+adds the conv front end at nfft 2048: 3.7 M); it is the demo's network,
+where HTDemucs would learn too slowly on a laptop CPU:
+on 2 cores a training step of 16 x 1 s items takes ~0.2 s at the defaults
+(~0.3 s with the demo's front end), and the defaults with plain L1 on clean
+sine-backend data reached 6.2 dB SDR after 90 steps (7.5 dB after 540 at a
+third of the lr).
 
     from model import MaskNet
     model = MaskNet(["drums", "bass", "other", "vocals"])   # 16 kHz stereo
