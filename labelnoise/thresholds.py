@@ -16,7 +16,9 @@ rules (``Rule.parse``):
   ``FLOOR_DB``: a stem whose own output is less than half as loud as
   another output is on the wrong side of anything a clean stem looks like,
   whatever the rest of the source does (a source of swapped stems alone is
-  one population too);
+  one population too). The one exception: two populations whose clean
+  part itself lies below the floor (a filter model that hears the source
+  poorly) take the split, where the floor would drop every clean stem;
 - ``otsu``: Otsu's split of the margins, whether or not they form two groups
   (the threshold between the two groups that maximises the between-group
   variance, midway in the gap);
@@ -216,9 +218,16 @@ def populations(values, floor: float = FLOOR_DB) -> tuple[float, str]:
         separation = math.sqrt(2) * (m2 - m1) / math.sqrt(s1 ** 2 + s2 ** 2)
         if bic2 + BIC_MARGIN < bic1 and separation >= MIN_SEPARATION and w2 >= MIN_CLEAN_SHARE:
             split = equal_odds(two["low"], two["high"])
-            threshold = max(split, floor)
-            where = (f"at {split:.1f} dB, where they are equally likely" if split >= floor
-                     else f"at the {floor:g} dB floor (they are equally likely at {split:.1f} dB)")
+            if m2 < floor:
+                # The clean stems themselves lie below the floor: the filter model hears this source
+                # poorly, and the floor would empty its pool. The split is all the margins can tell.
+                threshold = split
+                where = (f"at {split:.1f} dB, where they are equally likely: the clean part lies below the "
+                         f"{floor:g} dB floor, so the filter model hears this source poorly")
+            else:
+                threshold = max(split, floor)
+                where = (f"at {split:.1f} dB, where they are equally likely" if split >= floor
+                         else f"at the {floor:g} dB floor (they are equally likely at {split:.1f} dB)")
             return threshold, (f"two populations ({round(w2 * n)} stems around {m2:.1f} dB, {round(w1 * n)} "
                                f"around {m1:.1f} dB; BIC {bic1 - bic2:.0f} lower with two): threshold {where}")
     below = int((x <= floor).sum())
