@@ -76,7 +76,8 @@ class Rule:
         if self.name == "otsu":
             return "otsu (Otsu's split of each source's margins)"
         return (f"auto (one population of margins or two, per source, over each stem's windows; never "
-                f"below {FLOOR_DB:g} dB, where another output is twice as loud)")
+                f"below {FLOOR_DB:g} dB, where another output is twice as loud, unless a source's clean part "
+                f"lies below it)")
 
 
 def choose(margins: dict[str, list[float]], rule: Rule) -> tuple[dict[str, float], dict[str, str]]:
