@@ -11,9 +11,11 @@ Written into the pool dataset's folder by ``labelnoise.selection.select_clean_st
 - ``sweep.png`` (with labels): precision and recall against one threshold
   for every source, the chosen thresholds marked;
 - ``margins.csv``: ``track, stem, margin_db, kept, silent, noisy, kind,
-  whole_margin_db, window_margin_db`` (``margin_db``: what the rule decided
-  on, the whole stem's margin or, with ``auto``, the one over its windows;
-  empty when every output was at or below -80 dB).
+  whole_margin_db, window_margin_db, leak_z, leak_into`` (``margin_db``: what
+  the rule decided on, the whole stem's margin or, with ``auto``, the one over
+  its windows; empty when every output was at or below -80 dB; ``leak_z``:
+  with ``auto``, the stem's largest leak as a robust z-score in its source,
+  labelnoise.leaks, and ``leak_into`` the output it leaks into).
 
 "Clean" is the positive class: precision = kept clean / kept, recall = kept
 clean / labelled clean. Stems without a label take no part in the figures.
@@ -28,6 +30,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from . import leaks
 from .atomic import atomic_path, write_text
 from .document import Doc, fmt, save_figure
 from .files import MARGINS_CSV, MARGINS_PNG, REPORT_MD, SWEEP_PNG, clean_stems_name
@@ -73,8 +76,8 @@ def is_blind(stem) -> bool:
 
 
 def _kept_at(stem, threshold: float) -> bool:
-    # The decision of selection.decide at another threshold.
-    return stem.eligible and stem.margin > threshold
+    # The decision of selection.decide at another threshold (and the leak test's, where it ran).
+    return stem.eligible and stem.margin > threshold and not leaks.is_outlier(stem)
 
 
 def sweep_grid(stems, rows: int = 12) -> list[float]:
@@ -137,11 +140,11 @@ def write_csv(path, stems) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["track", "stem", "margin_db", "kept", "silent", "noisy", "kind", "whole_margin_db",
-                             "window_margin_db"])
+                             "window_margin_db", "leak_z", "leak_into"])
             for st in stems:
                 writer.writerow([st.track, st.stem, _db(st.margin), str(st.kept).lower(), str(st.silent).lower(),
                                  "" if st.noisy is None else str(st.noisy).lower(), st.kind or "",
-                                 _db(st.whole_margin), _db(st.window_margin)])
+                                 _db(st.whole_margin), _db(st.window_margin), _db(st.leak_z), st.leak_into or ""])
 
 
 def _db(value) -> str:
@@ -220,11 +223,15 @@ def report_text(sel) -> str:
                f"rule: {sel.rule.describe()}",
                f"pool: `{sel.dest / 'train'}`; kept tracks in `{sel.dest.name}/{clean_stems_name(sel.suffix)}`"])
     doc.p("A stem is kept when its margin (own output volume minus the loudest other, "
-          "`20 log10(sum |out|)` in dB) is above its source's threshold. Silent stems are never kept; "
-          "stems whose outputs are all at or below -80 dB are skipped.")
-    doc.table(["source", "threshold (dB)", "chosen by", "kept", "of", "silent", "outputs quiet", "not measured"],
-              [[s, f"{sel.thresholds[s]:.2f}", sel.threshold_rules[s], *(str(c[k]) for k in
-                ("kept", "total", "silent", "skipped", "missing"))] for s, c in sel.counts.items()], "lrlrrrrr")
+          "`20 log10(sum |out|)` in dB) is above its source's threshold"
+          + (f", and (rule `auto`) when none of the other outputs is louder against its own than in the "
+             f"source's other stems by more than {leaks.LEAK_Z:g} MADs" if sel.rule.name == "auto" else "")
+          + ". Silent stems are never kept; stems whose outputs are all at or below -80 dB are skipped.")
+    leak = ["leak test"] if sel.leak_tests else []
+    doc.table(["source", "threshold (dB)", "chosen by", *leak, "kept", "of", "silent", "outputs quiet", "not measured"],
+              [[s, f"{sel.thresholds[s]:.2f}", sel.threshold_rules[s], *([sel.leak_tests[s]] if leak else []),
+                *(str(c[k]) for k in ("kept", "total", "silent", "skipped", "missing"))]
+               for s, c in sel.counts.items()], "lrl" + "l" * len(leak) + "rrrrr")
     doc.image(sel.dest / MARGINS_PNG, "margins per source")
     doc.p(f"Every stem's margin: `{MARGINS_CSV}`.")
     if sel.skipped_outputs:

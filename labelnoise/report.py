@@ -28,6 +28,7 @@ from .atomic import write_text
 from .document import Doc, fmt
 from .files import MARGINS_PNG, REPORT_HTML, REPORT_MD
 from .filter_report import blind_text
+from .leaks import LEAK_Z
 from .pipeline import (ARMS, BAG_CANDIDATES, BAG_FILE, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1,
                        PART2_MODELS)
 from .report_facts import Facts, ReportError, gather
@@ -191,7 +192,9 @@ def _sdr_table(doc: Doc, facts: Facts, files: Path) -> None:
 def _filters(doc: Doc, facts: Facts, files: Path) -> None:
     doc.h(2, "The filters against the known labels" if facts.has_labels() else "The filters")
     doc.p("Each stem, pitched up and sped up, is separated by the filter model; a stem is kept as clean when its "
-          "own output is louder than the loudest other output by more than its source's threshold. "
+          "own output is louder than the loudest other output by more than its source's threshold (and, with "
+          "the `auto` rule, when no other output is louder against its own than in the source's other stems "
+          f"by more than {LEAK_Z:g} MADs). "
           "Precision: share of kept stems that are clean; recall: share of clean stems that are kept.")
     titles = {f"select_{name}": f"Filter {k}: {model}'s model" for k, (name, model, _) in enumerate(FILTERS, 1)}
     for name, title in titles.items():
@@ -204,7 +207,9 @@ def _filters(doc: Doc, facts: Facts, files: Path) -> None:
         rows = []
         for src in SOURCES:
             c, ms = sel["counts"][src], (m.get("per_source") or {}).get(src) or {}
-            rows.append([src, f"{sel['thresholds'][src]:.2f}", sel["threshold_rules"][src],
+            leak = (sel.get("leak_tests") or {}).get(src)   # the auto rule's second test, where it ran
+            rows.append([src, f"{sel['thresholds'][src]:.2f}",
+                         sel["threshold_rules"][src] + (f"; leak test: {leak}" if leak else ""),
                          f"{c['kept']} / {c['total']}", fmt(ms.get("precision"), 3), fmt(ms.get("recall"), 3)])
         o = m.get("overall") or {}
         kept = sum(sel["counts"][src]["kept"] for src in SOURCES)

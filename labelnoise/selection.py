@@ -20,7 +20,9 @@ a silent stem's own audio as all four outputs.
 
 The threshold rule gives one threshold per source (labelnoise.thresholds:
 a number of dB, ``auto``, ``otsu`` or a keep fraction), then the original's
-decision ``margin > threshold`` (strict).
+decision ``margin > threshold`` (strict). ``auto`` then also leaves out a
+stem whose leak into one other output stands out from its source's stems
+(labelnoise.leaks).
 
 Stems the filter marked silent are never kept (their four outputs are the
 stem itself, so their margin is 0 and says nothing; with a threshold >= 0 this
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import SOURCES
-from . import filter_report, thresholds
+from . import filter_report, leaks, thresholds
 from .atomic import write_json
 from .config import base_default
 from .filter_volumes import load_volumes
@@ -59,7 +61,7 @@ from .provenance import check_outputs_origin
 from .stem_record import Stem
 from .files import (LABELS_FILE, SELECTION_FILE, VOLUMES_FILE, clean_stems_name, filter_outputs_dir, pool_dir,
                     suffix, volume_cache_name)
-from .volumes import margin_db, window_margin
+from .volumes import leaks_db, margin_db, window_margin
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class Selection:
     metrics: dict | None = None         # precision/recall of "clean" (filter_report.metrics)
     files: dict[str, int] = field(default_factory=dict)  # pool writes: copied, linked, existing, removed
     held_out: dict[str, list[str]] = field(default_factory=dict)  # held-out track -> its kept stems
+    leak_tests: dict[str, str] = field(default_factory=dict)  # per source: what the auto rule's leak test did
 
     def settings(self) -> dict:
         return settings_of(self.suffix, self.rule, self.outputs, self.data, len(self.held_out))
@@ -102,7 +105,7 @@ class Selection:
             "labels": None if self.labels is None else str(self.labels),
             "metrics": self.metrics, "files": self.files,
             "clean_json": clean_stems_name(self.suffix),
-            "held_out": self.held_out,
+            "held_out": self.held_out, "leak_tests": self.leak_tests,
         }
 
 
@@ -138,7 +141,8 @@ def to_stems(records: list[dict], source_file: Path) -> list[Stem]:
                              f"{rec['stem']} output (outputs: {', '.join(volumes)})")
         whole = margin_db(volumes, rec["stem"])
         stems.append(Stem(rec["track"], rec["stem"], volumes=volumes, silent=bool(rec.get("silent", False)),
-                          margin=whole, whole_margin=whole, window_margin=window_margin(rec)))
+                          margin=whole, whole_margin=whole, window_margin=window_margin(rec),
+                          leaks=leaks_db(rec)))
     return sorted(stems, key=lambda s: (s.stem, s.track))
 
 
@@ -266,6 +270,7 @@ def select_clean_stems(model_name: str, key: int, speed: int, threshold: str | f
         decide_on_windows(stems)
     chosen, threshold_rules = choose_thresholds(stems, rule, sources)
     decide(stems, chosen)
+    leak_tests = leaks.mark_outliers(stems, sources) if rule.name == "auto" else {}
 
     measured = {(st.track, st.stem) for st in stems}
     absent = sorted(measured - present)
@@ -288,11 +293,13 @@ def select_clean_stems(model_name: str, key: int, speed: int, threshold: str | f
     sel = Selection(sfx, rule, outputs, data, dest, volumes_from, stems, chosen, threshold_rules,
                     counts, kept, skipped_outputs, labels,
                     filter_report.metrics(stems, sources, chosen) if label_map else None,
-                    held_out={t: [st.stem for st in stems if st.track == t and st.kept] for t in sorted(aside)})
+                    held_out={t: [st.stem for st in stems if st.track == t and st.kept] for t in sorted(aside)},
+                    leak_tests=leak_tests)
     for s in sources:
         c = counts[s]
-        log.info("%-7s kept %4d of %4d (threshold %.2f dB, %s; %d silent, %d all outputs quiet, %d not measured)",
-                 s, c["kept"], c["total"], chosen[s], threshold_rules[s], c["silent"], c["skipped"], c["missing"])
+        log.info("%-7s kept %4d of %4d (threshold %.2f dB, %s%s; %d silent, %d all outputs quiet, %d not measured)",
+                 s, c["kept"], c["total"], chosen[s], threshold_rules[s],
+                 f"; {leak_tests[s]}" if s in leak_tests else "", c["silent"], c["skipped"], c["missing"])
         if c["kept"] == 0:
             log.warning("%s: no stem kept; a pool without %s cannot be trained on", s, s)
     if dry_run:

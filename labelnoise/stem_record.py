@@ -19,6 +19,9 @@ class Stem:
     label: dict | None = None    # the stem's entry of noise_labels.json, if any
     whole_margin: float | None = None   # over the whole stem (the original's)
     window_margin: float | None = None  # a low percentile over its windows (volumes.window_margin)
+    leaks: dict[str, float] | None = None  # each other output against its own, dB (volumes.leaks_db)
+    leak_z: float | None = None         # its largest leak's robust z-score in its source (labelnoise.leaks)
+    leak_into: str | None = None        # ... and the output it leaks into
 
     @property
     def eligible(self) -> bool:

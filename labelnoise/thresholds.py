@@ -18,7 +18,9 @@ rules (``Rule.parse``):
   whatever the rest of the source does (a source of swapped stems alone is
   one population too). The one exception: two populations whose clean
   part itself lies below the floor (a filter model that hears the source
-  poorly) take the split, where the floor would drop every clean stem;
+  poorly) take the split, where the floor would drop every clean stem.
+  After the threshold, ``labelnoise.leaks`` leaves out a stem whose leak
+  into one other output stands out from its source's stems;
 - ``otsu``: Otsu's split of the margins, whether or not they form two groups
   (the threshold between the two groups that maximises the between-group
   variance, midway in the gap);
@@ -77,7 +79,7 @@ class Rule:
             return "otsu (Otsu's split of each source's margins)"
         return (f"auto (one population of margins or two, per source, over each stem's windows; never "
                 f"below {FLOOR_DB:g} dB, where another output is twice as loud, unless a source's clean part "
-                f"lies below it)")
+                f"lies below it; no stem whose leak into another output stands out from its source's stems)")
 
 
 def choose(margins: dict[str, list[float]], rule: Rule) -> tuple[dict[str, float], dict[str, str]]:

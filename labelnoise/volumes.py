@@ -23,6 +23,10 @@ another source for part of the track shows it there, where a volume over
 the whole stem averages it away::
 
     "windows": {"seconds": 1.0, "input": [30.1, ...], "volumes": {"drums": [11.0, ...], ...}}
+
+``leaks_db`` reads the same windows the other way round: how loud each other
+output gets against the stem's own (``labelnoise.leaks`` compares that with
+the rest of the source's stems).
 """
 from __future__ import annotations
 
@@ -60,26 +64,51 @@ def margin_db(volumes: dict[str, float], stem: str) -> float | None:
     return own - others
 
 
-def window_margin(rec: dict, quantile: float = WINDOW_QUANTILE, active_db: float = ACTIVE_DB) -> float | None:
-    """The ``quantile`` (percent) of a record's margins per window, over the windows where its input
-    plays (within ``active_db`` of its loudest window); None without windows or a margin in them."""
+def _active_windows(rec: dict, active_db: float) -> list[dict[str, float]] | None:
+    """The output volumes of each window where a record's input plays (within ``active_db`` of its
+    loudest window); None without windows."""
     windows = rec.get("windows")
     if not windows:
         return None
     inputs = np.asarray(windows["input"], dtype=np.float64)
     loudest = inputs.max() if inputs.size else -math.inf
-    margins = []
-    for i, level in enumerate(inputs):
-        if level > loudest - active_db:
-            m = margin_db({s: v[i] for s, v in windows["volumes"].items()}, rec["stem"])
-            if m is not None:
-                margins.append(m)
-    finite = [m for m in margins if math.isfinite(m)]
+    return [{s: v[i] for s, v in windows["volumes"].items()}
+            for i, level in enumerate(inputs) if level > loudest - active_db]
+
+
+def _percentile(values: list[float], quantile: float) -> float | None:
+    """A percentile where an infinite value (an all-zero output) sorts where it belongs: at an end."""
+    finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        return None if not margins else float(min(margins))
-    # An infinite window margin (an all-zero output) sorts where it belongs: at an end.
-    values = np.clip(np.asarray(margins, dtype=np.float64), min(finite) - 1.0, max(finite) + 1.0)
-    return float(np.percentile(values, quantile))
+        return None if not values else float(min(values))
+    clipped = np.clip(np.asarray(values, dtype=np.float64), min(finite) - 1.0, max(finite) + 1.0)
+    return float(np.percentile(clipped, quantile))
+
+
+def window_margin(rec: dict, quantile: float = WINDOW_QUANTILE, active_db: float = ACTIVE_DB) -> float | None:
+    """The ``quantile`` (percent) of a record's margins per window, over the windows where its input
+    plays (within ``active_db`` of its loudest window); None without windows or a margin in them."""
+    active = _active_windows(rec, active_db)
+    if active is None:
+        return None
+    margins = [m for m in (margin_db(w, rec["stem"]) for w in active) if m is not None]
+    return _percentile(margins, quantile)
+
+
+def leaks_db(rec: dict, quantile: float = 100 - WINDOW_QUANTILE, active_db: float = ACTIVE_DB) -> dict[str, float]:
+    """How loud each other output is against the stem's own, ``volume(out[Y]) - volume(out[X])`` in dB:
+    the ``quantile`` over the windows where the stem plays (its louder windows, as ``window_margin``
+    takes the worse ones), or over the whole stem without windows. Outputs at or below -80 dB on
+    both sides count as no leak (0 dB)."""
+    stem = rec["stem"]
+    active = _active_windows(rec, active_db) or [rec["volumes"]]
+    out = {}
+    for other in rec["volumes"]:
+        if other == stem:
+            continue
+        diffs = [0.0 if w[other] <= SILENT_DB and w[stem] <= SILENT_DB else w[other] - w[stem] for w in active]
+        out[other] = _percentile(diffs, quantile)
+    return out
 
 
 def is_clean(volumes: dict[str, float], stem: str, threshold: float) -> bool | None:

@@ -6,10 +6,10 @@ linear head that predicts one mask per source, channel and frequency bin.
 The masks (a softmax over the sources, so the estimates add up to the
 mixture) multiply the complex mixture STFT, and an inverse STFT gives the
 waveforms. 1.5 M parameters at the defaults (16 kHz, nfft 1024; the demo
-adds the conv front end at nfft 2048: 3.7 M); it is the demo's network,
-where HTDemucs would learn too slowly on a laptop CPU:
+adds the conv front end at nfft 2048, its first layer strided: 2.9 M); it is
+the demo's network, where HTDemucs would learn too slowly on a laptop CPU:
 on 2 cores a training step of 16 x 1 s items takes ~0.2 s at the defaults
-(~0.3 s with the demo's front end), and the defaults with plain L1 on clean
+and with the demo's front end, and the defaults with plain L1 on clean
 sine-backend data reached 6.2 dB SDR after 90 steps (7.5 dB after 540 at a
 third of the lr).
 
@@ -47,10 +47,13 @@ class MaskNet(nn.Module):
         conv: channels of a small 2D convolution front end over (frequency, time)
             before the frame features (0: none). It sees local patterns the
             frame-wise layer cannot: a harmonic's neighbours, an onset's attack.
+        conv_stride: frequency stride of the front end's first layer (1 or 2). At 2 the
+            second layer and the frame features see a quarter of the bins: on the sampled
+            renders at nfft 2048 a step 1.3x faster at the same SDR (docs/BENCHMARKS.md).
     """
 
     def __init__(self, sources, audio_channels=2, samplerate=16000, segment=4.0, nfft=1024,
-                 hidden=192, layers=2, mask="softmax", conv=0):
+                 hidden=192, layers=2, mask="softmax", conv=0, conv_stride=1):
         super().__init__()
         self.init_kwargs = {key: value for key, value in locals().items()
                             if key not in ("self", "__class__")}
@@ -61,6 +64,8 @@ class MaskNet(nn.Module):
             raise ValueError(f"MaskNet nfft={nfft}: expected a multiple of 4, at least 16")
         if hidden % 2:
             raise ValueError(f"MaskNet hidden={hidden}: must be even (two LSTM directions)")
+        if conv_stride not in (1, 2):
+            raise ValueError(f"MaskNet conv_stride={conv_stride}: expected 1 or 2")
         self.sources = list(sources)
         self.audio_channels = audio_channels
         self.samplerate = samplerate
@@ -73,10 +78,12 @@ class MaskNet(nn.Module):
 
         self.conv = conv
         if conv:
-            # Two 3x3 layers, the second strided by 2 in frequency: half the bins, `conv` maps each.
-            self.front = nn.Sequential(nn.Conv2d(audio_channels, conv, 3, padding=1), nn.GELU(),
+            # Two 3x3 layers, the second strided by 2 in frequency (the first by conv_stride), `conv` maps each.
+            self.front = nn.Sequential(nn.Conv2d(audio_channels, conv, 3, stride=(conv_stride, 1), padding=1),
+                                       nn.GELU(),
                                        nn.Conv2d(conv, conv, 3, stride=(2, 1), padding=1), nn.GELU())
-            features = conv * ((bins - 1) // 2 + 1)
+            first = (bins - 1) // conv_stride + 1
+            features = conv * ((first - 1) // 2 + 1)
         else:
             features = audio_channels * bins
         self.encode = nn.Sequential(nn.Linear(features, hidden), nn.LayerNorm(hidden), nn.Tanh())

@@ -354,9 +354,9 @@ def test_report_and_metrics_against_hand_counts(labelled, tmp_path):
     assert "Without the 8 noisy stems that no filter judging one stem at a time can see" in report
     assert "below 0.667 at any threshold" in report
     rows = (dest / "margins.csv").read_text().splitlines()
-    assert rows[0] == "track,stem,margin_db,kept,silent,noisy,kind,whole_margin_db,window_margin_db"
+    assert rows[0] == "track,stem,margin_db,kept,silent,noisy,kind,whole_margin_db,window_margin_db,leak_z,leak_into"
     assert len(rows) == 1 + 32
-    assert "t1,drums,30.0000,true,false,true,bleed,30.0000," in rows
+    assert "t1,drums,30.0000,true,false,true,bleed,30.0000,,," in rows
 
 
 def test_cli_with_the_original_arguments(tmp_path):
@@ -389,3 +389,34 @@ def test_dry_run_writes_nothing(labelled, tmp_path):
     assert auto_filter.main(["m", "6", "200", "20", "--data", str(data), "--outputs", str(outputs),
                              "--dest", str(tmp_path / "dry"), "--dry-run", "--no-progress"]) == 0
     assert not (tmp_path / "dry").exists()
+
+
+def test_auto_leaves_out_a_stem_leaking_where_its_source_does_not(tmp_path):
+    # Twenty bass stems whose `other` output is about as loud as their own (margins near 0 dB, one
+    # population: all above the -6 dB floor); in t07 the drums output is 15 dB louder than in the rest.
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    tracks = [f"t{i:02d}" for i in range(20)]
+    _make_dataset(data, tracks)
+    entries = []
+    for i, t in enumerate(tracks):
+        for s in SOURCES:
+            vols = _vols(s, 50.0, 30.0 + rng.normal(0, 2))
+            if s == "bass":
+                vols.update(other=48.0 + rng.normal(0, 2), drums=(47.0 if t == "t07" else 32.0) + rng.normal(0, 1))
+            entries.append((t, s, vols, False))
+    outputs = tmp_path / "outs"
+    _write_volumes(outputs, entries)
+    sel = select_clean_stems("m", 6, 200, "auto", data=data, outputs=outputs, dest=tmp_path / "pool", progress=False)
+    assert sel.kept["bass"] == [t for t in tracks if t != "t07"]
+    assert sel.leak_tests["bass"].startswith("1 leak beyond 3 MADs of the source's median (into drums)")
+    assert read_selection(tmp_path / "pool")["leak_tests"] == sel.leak_tests
+    assert [len(sel.kept[s]) for s in ("drums", "other", "vocals")] == [20, 20, 20]
+    rows = {(r.split(",")[0], r.split(",")[1]): r for r in (tmp_path / "pool" / "margins.csv").read_text().splitlines()}
+    assert rows[("t07", "bass")].endswith(",drums") and ",false," in rows[("t07", "bass")]
+    report = (tmp_path / "pool" / "report.md").read_text()
+    assert "by more than 3 MADs" in report and "| leak test |" in report
+    # A number as THRESHOLD is the original's rule alone: no leak test.
+    fixed = select_clean_stems("m", 6, 200, "-10", data=data, outputs=outputs, dest=tmp_path / "fixed",
+                               progress=False, report=False)
+    assert "t07" in fixed.kept["bass"] and fixed.leak_tests == {}

@@ -61,8 +61,20 @@ def test_train_and_eval_mode_agree():
     assert torch.allclose(model(mix[1:2]), eval_out[1:2], atol=1e-5)
 
 
+@pytest.mark.parametrize("conv, conv_stride, bins", [(8, 1, 65), (8, 2, 33)])
+def test_conv_front_end_strides_in_frequency(conv, conv_stride, bins):
+    # nfft 256: 129 bins; the second layer halves them, a first layer strided by 2 halves them before.
+    model = small(conv=conv, conv_stride=conv_stride)
+    assert model.encode[0].in_features == conv * bins
+    mix = torch.randn(2, 2, 1001)
+    out = model(mix)
+    assert out.shape == (2, 4, 2, 1001) and torch.allclose(out.sum(dim=1), mix, atol=1e-4)
+    assert model.init_kwargs["conv_stride"] == conv_stride
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"mask": "relu"}, "mask='relu'"), ({"nfft": 250}, "nfft=250"), ({"hidden": 33}, "hidden=33")])
+    ({"mask": "relu"}, "mask='relu'"), ({"nfft": 250}, "nfft=250"), ({"hidden": 33}, "hidden=33"),
+    ({"conv": 8, "conv_stride": 3}, "conv_stride=3")])
 def test_bad_options_fail_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MaskNet(SOURCES, **kwargs)
