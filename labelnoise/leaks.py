@@ -37,8 +37,11 @@ def is_outlier(st: Stem) -> bool:
 
 
 def robust_z(values) -> np.ndarray:
-    """``(v - median) / max(1.4826 MAD, MIN_SPREAD_DB)`` of each value."""
+    """``(v - median) / max(1.4826 MAD, MIN_SPREAD_DB)`` of each value; an infinite one (an all-zero
+    output) counts as 1 dB past the finite ones."""
     v = np.asarray(values, dtype=np.float64)
+    fin = v[np.isfinite(v)]
+    v = np.clip(v, fin.min() - 1.0, fin.max() + 1.0) if fin.size else np.zeros_like(v)
     median = float(np.median(v))
     spread = max(MAD_TO_SD * float(np.median(np.abs(v - median))), MIN_SPREAD_DB)
     return (v - median) / spread
@@ -55,7 +58,10 @@ def mark_outliers(stems: list[Stem], sources) -> dict[str, str]:
         if len(mine) < MIN_STEMS:
             words[s] = f"no leak test ({len(mine)} stems with a margin, it needs {MIN_STEMS})"
             continue
-        outputs = sorted(mine[0].leaks)
+        outputs = sorted(set.intersection(*(set(st.leaks) for st in mine)))   # the outputs every stem has
+        if not outputs:
+            words[s] = "no leak test (no other output measured for every stem)"
+            continue
         z = np.stack([robust_z([st.leaks[y] for st in mine]) for y in outputs], axis=1)  # (stems, outputs)
         for st, row in zip(mine, z):
             worst = int(np.argmax(row))
@@ -69,5 +75,5 @@ def mark_outliers(stems: list[Stem], sources) -> dict[str, str]:
         else:
             into = ", ".join(sorted({st.leak_into for st in out}))
             words[s] = (f"{len(out)} leak beyond {LEAK_Z:g} MADs of the source's median (into {into}); "
-                        f"{len(unkept)} of them were above the threshold and are left out")
+                        f"left out: {len(unkept)} the threshold had kept")
     return words

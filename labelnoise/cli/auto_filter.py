@@ -16,7 +16,7 @@ written to. Commands::
 
     python auto_filter.py pretrain3 6 200 20                       # the original's call
     python auto_filter.py filtered360 6 200 20 --data data/labelnoise --link
-    python auto_filter.py pretrain3 6 200 auto                     # one population of margins or two, per source
+    python auto_filter.py pretrain3 6 200 auto                     # one population of margins or two, and a leak test
     python auto_filter.py pretrain3 6 200 otsu                     # Otsu's split per source
     python auto_filter.py filtered360 6 200 auto --holdout 4       # 4 tracks stay out of the pool
     python auto_filter.py filtered360 6 200 auto --holdout auto    # 15 % of them, 2 to 8
