@@ -6,7 +6,8 @@ fine-tunes first, the other fine-tunes, joint360 last
 the clean validation tracks when the user gave some (``--valid``), else on
 the tracks held out of the pools (labelnoise.holdout), against those of
 their stems the second filter kept: a stem the filter found noisy is no
-reference. A source stays with joint360 unless another candidate's mean
+reference, nor is one more than ``QUIET_REFERENCE_DB`` below its track's
+mixture. A source stays with joint360 unless another candidate's mean
 per-track gain over it exceeds ``report_stats.CLEAR`` standard errors, the
 rule by which the report calls any difference a rise; of those that
 do, the best wins (a tie goes to the first, its own fine-tune). A source
@@ -31,6 +32,7 @@ from .report_stats import CLEAR, clear_rise, paired
 log = logging.getLogger(__name__)
 
 THIN_SHARE = 0.5
+QUIET_REFERENCE_DB = 30.0   # a reference this far below its mixture holds under 0.1 % of its power
 
 
 def pick(scores: dict[str, dict[str, dict[str, float]]], candidates=BAG_CANDIDATES,
@@ -118,16 +120,46 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def audible(folder, stems: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Per track of ``folder`` (those of ``stems``, else all), its stems (``stems[track]``, else every
+    source) no more than ``QUIET_REFERENCE_DB`` below the track's mixture (``20 log10 mean |x|``)."""
+    from .evaluation import list_tracks, load_track
+    from .silence import level_db
+
+    out = {}
+    for path in list_tracks(folder):
+        if stems is not None and path.name not in stems:
+            continue
+        track = load_track(path)
+        floor = level_db(track.mix) - QUIET_REFERENCE_DB
+        wanted = stems[path.name] if stems is not None else SOURCES
+        heard = [s for s in wanted if level_db(track.stems[s]) > floor]
+        quiet = [s for s in wanted if s not in heard]
+        if quiet:
+            log.info("%s: %s more than %g dB below the mixture: not a reference for the bag's choice",
+                     path, ", ".join(quiet), QUIET_REFERENCE_DB)
+        if heard:
+            out[path.name] = heard
+    return out
+
+
 def reference_set(selection: dict | None, data, valid, device: str):
-    """The tracks the candidates are scored on: --valid, else the held-out tracks' kept stems; None: neither."""
+    """The tracks the candidates are scored on: --valid, else the held-out tracks' kept stems; None: neither.
+
+    Either way a stem far below its mixture (``audible``) is no reference: against a near-silent stem
+    (a track whose bass recording went into another stem) SDR measures a model's leakage into that
+    output, not how it separates the source, and one such track outweighs the rest.
+    """
     from .scoring import TestSet
 
     if valid is not None:
-        return TestSet(valid, device)
+        keep = audible(valid)
+        return TestSet(valid, device, tracks=sorted(keep), keep=keep) if keep else None
     held = {t: stems for t, stems in ((selection or {}).get("held_out") or {}).items() if stems}
-    if not held:
+    keep = audible(data, held) if held else {}
+    if not keep:
         return None
-    return TestSet(data, device, tracks=sorted(held), keep=held)
+    return TestSet(data, device, tracks=sorted(keep), keep=keep)
 
 
 def build(runs: str | Path, *, selection_dir=None, data=None, valid=None, device: str = "cpu",

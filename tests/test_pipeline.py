@@ -180,6 +180,25 @@ def _fake_stage(tmp_path, name, code, after=()):
     return pipeline.Stage(name, "select", tuple(after), ("-c", script), str(marker))
 
 
+def test_a_near_silent_stem_is_no_reference_for_the_bag(tmp_path):
+    # Two held-out tracks; in t1 the bass recording went into another stem, leaving bass.wav 40 dB down.
+    import numpy as np
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    for track, bass_gain in (("t0", 1.0), ("t1", 0.01)):
+        (tmp_path / track).mkdir()
+        for s in SOURCES:
+            gain = bass_gain if s == "bass" else 1.0
+            sf.write(str(tmp_path / track / f"{s}.wav"), gain * rng.uniform(-0.2, 0.2, (8000, 2)), 8000)
+    held = {"t0": list(SOURCES), "t1": ["bass", "drums"]}
+    assert final_bag.audible(tmp_path, held) == {"t0": list(SOURCES), "t1": ["drums"]}
+    assert final_bag.audible(tmp_path) == {"t0": list(SOURCES), "t1": ["drums", "other", "vocals"]}
+    refs = final_bag.reference_set({"held_out": {**held, "t2": []}}, tmp_path, None, "cpu")
+    assert refs.keep == {"t0": list(SOURCES), "t1": ["drums"]} and refs.names == ["t0", "t1"]
+    assert final_bag.reference_set({"held_out": {"t1": ["bass"]}}, tmp_path, None, "cpu") is None
+    assert final_bag.reference_set(None, tmp_path, tmp_path, "cpu").keep == final_bag.audible(tmp_path)
+
+
 def test_the_runner_skips_finished_stages_and_stops_at_a_failure(tmp_path, capsys):
     layout = pipeline.Layout(runs=str(tmp_path / "runs"), data=str(tmp_path / "none"))
     (tmp_path / "a.done").touch()
