@@ -28,6 +28,7 @@ from .atomic import write_text
 from .document import Doc, fmt
 from .files import MARGINS_PNG, REPORT_HTML, REPORT_MD
 from .filter_report import blind_text
+from .final_bag import QUIET_REFERENCE_DB
 from .leaks import LEAK_Z
 from .pipeline import (ARMS, BAG_CANDIDATES, BAG_FILE, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1,
                        PART2_MODELS)
@@ -242,8 +243,9 @@ def _bag(doc: Doc, facts: Facts) -> None:
     doc.p("Each source comes from joint360 unless another model of Part 2 (its own fine-tunes, the other "
           f"fine-tunes) beat it by more than {CLEAR:g} standard errors of the per-track gains, on "
           "tracks no model of Part 2 trained on: the clean validation tracks (`--valid`), else the tracks held "
-          "out of the pools, scored against those of their stems the second filter kept. Of the models that "
-          "did, the best wins.")
+          "out of the pools, scored against those of their stems the second filter kept; a stem more than "
+          f"{QUIET_REFERENCE_DB:g} dB below its track's mixture is no reference. Of the models that did, the best "
+          "wins.")
     names = list(PART2_MODELS)
     rows = []
     for source in SOURCES:

@@ -167,12 +167,18 @@ def plot_margins(facts, path: Path) -> Path | None:
             if source in thresholds:
                 ax.axvline(thresholds[source], color="black", linestyle="--", linewidth=1, label="threshold")
                 title += f" (threshold {thresholds[source]:.1f} dB)"
+                # Above the threshold yet not kept: left out by the auto rule's leak test (labelnoise.leaks).
+                vetoed = [float(r["margin_db"]) for r in rows
+                          if r["kept"] == "false" and float(r["margin_db"]) > thresholds[source]]
+                if vetoed:
+                    ax.plot(vetoed, [0] * len(vetoed), "kx", markersize=9, markeredgewidth=2, clip_on=False,
+                            zorder=5, label="left out by the leak test")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("margin (dB)", fontsize=8)
             if col == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle("Margins: own output minus the loudest other output, per stem (kept: right of the line)",
-                 fontsize=10)
+    fig.suptitle("Margins: own output minus the loudest other output, per stem (kept: right of the line, "
+                 "but for the x marks)", fontsize=10)
     return save_figure(fig, path)
 
 
