@@ -81,9 +81,11 @@ def test_report_states_the_filters_precision_and_recall(quick_demo):
         overall = sel["metrics"]["overall"]
         precision, recall = rows["**all**"][-2:]
         assert precision == f"{overall['precision']:.3f}" and recall == f"{overall['recall']:.3f}"
-        # Each source's threshold and the reason its rule gave, as the selection recorded them.
+        # Each source's threshold, the reason its rule gave and what the leak test did, as the selection
+        # recorded them.
         assert rows["drums"][0] == f"{sel['thresholds']['drums']:.2f}"
-        assert rows["drums"][1] == sel["threshold_rules"]["drums"] and sel["rule"].startswith("auto")
+        assert rows["drums"][1] == f"{sel['threshold_rules']['drums']}; leak test: {sel['leak_tests']['drums']}"
+        assert sel["rule"].startswith("auto")
         j, m = sel["metrics"]["judgeable"], sel["metrics"]
         assert (f"Without the {m['blind']} noisy stems that no filter judging one stem at a time can see"
                 in md) and f"precision below {m['precision_ceiling']:.3f}" in md
