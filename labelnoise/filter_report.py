@@ -224,8 +224,7 @@ def report_text(sel) -> str:
                f"pool: `{sel.dest / 'train'}`; kept tracks in `{sel.dest.name}/{clean_stems_name(sel.suffix)}`"])
     doc.p("A stem is kept when its margin (own output volume minus the loudest other, "
           "`20 log10(sum |out|)` in dB) is above its source's threshold"
-          + (f", and (rule `auto`) when none of the other outputs is louder against its own than in the "
-             f"source's other stems by more than {leaks.LEAK_Z:g} MADs" if sel.rule.name == "auto" else "")
+          + (f", and (rule `auto`) when {leaks.RULE}" if sel.rule.name == "auto" else "")
           + ". Silent stems are never kept; stems whose outputs are all at or below -80 dB are skipped.")
     leak = ["leak test"] if sel.leak_tests else []
     doc.table(["source", "threshold (dB)", "chosen by", *leak, "kept", "of", "silent", "outputs quiet", "not measured"],

@@ -29,6 +29,9 @@ from .thresholds import MIN_STEMS
 LEAK_Z = 3.0            # robust z-scores: beyond 3 MADs of the source's median is an outlier
 MIN_SPREAD_DB = 1.0     # the smallest spread (1.4826 MAD) a z-score is taken against
 MAD_TO_SD = 1.4826      # a normal's standard deviation over its median absolute deviation
+# The test in the reports' words: what a stem the auto rule keeps also satisfies.
+RULE = (f"no other output is louder against its own than in the source's other stems by more than "
+        f"{LEAK_Z:g} MADs")
 
 
 def is_outlier(st: Stem) -> bool:

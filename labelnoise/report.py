@@ -29,7 +29,7 @@ from .document import Doc, fmt
 from .files import MARGINS_PNG, REPORT_HTML, REPORT_MD
 from .filter_report import blind_text
 from .final_bag import QUIET_REFERENCE_DB
-from .leaks import LEAK_Z
+from .leaks import RULE as LEAK_RULE
 from .pipeline import (ARMS, BAG_CANDIDATES, BAG_FILE, BAG_SOURCES, BAG_STAGE, DESCRIPTIONS, FILTERS, JOINT, PART1,
                        PART2_MODELS)
 from .report_facts import Facts, ReportError, gather
@@ -194,8 +194,7 @@ def _filters(doc: Doc, facts: Facts, files: Path) -> None:
     doc.h(2, "The filters against the known labels" if facts.has_labels() else "The filters")
     doc.p("Each stem, pitched up and sped up, is separated by the filter model; a stem is kept as clean when its "
           "own output is louder than the loudest other output by more than its source's threshold (and, with "
-          "the `auto` rule, when no other output is louder against its own than in the source's other stems "
-          f"by more than {LEAK_Z:g} MADs). "
+          f"the `auto` rule, when {LEAK_RULE}). "
           "Precision: share of kept stems that are clean; recall: share of clean stems that are kept.")
     titles = {f"select_{name}": f"Filter {k}: {model}'s model" for k, (name, model, _) in enumerate(FILTERS, 1)}
     for name, title in titles.items():
