@@ -48,7 +48,10 @@ from (c) in one thing).
 Noise settings (``--rates``): ``RATE`` or ``RATE@KINDS`` with synth's noise
 kind weights (default ``0.3`` with every kind alike and ``0.5@swap=3,other_song=3``).
 ``--seeds N`` repeats everything with data and training seeds 1..N; (a)
-depends on the seed only, so it is trained once per seed.
+depends on the seed only, so it is trained once per seed. ``--train-seed K``
+trains on the same data with training seeds K+1..K+N instead: run twice
+into two ``--out`` folders with one ``--data``, the differences between them
+are what training alone varies.
 
 Written to ``--out`` (default runs/bench/noise_robustness): one folder per
 seed and noise setting with each arm's runs and ``result.json`` (test SDR,
@@ -182,6 +185,7 @@ class Settings:
     variants_by: str = "absolute"
     overrides: tuple[str, ...] = ()
     render: str = "sampled"
+    train_seed: int = 0          # training seed = data seed + this
 
 
 @dataclass
@@ -229,7 +233,7 @@ def layout_of(arm: Arm, settings: Settings, seed: int, runs: Path, data: Path, p
     # No held-out tracks: arm (d) trains joint360 on every kept stem, as it did before the bag chose.
     base = replace(pipeline.PRESETS["demo"], configs=settings.configs, data=str(data), runs=str(runs),
                    pools=str(pools), threshold=settings.threshold, holdout="0",
-                   overrides=(*settings.overrides, f"run.seed={seed}"))
+                   overrides=(*settings.overrides, f"run.seed={seed + settings.train_seed}"))
     part1 = _part1_budget(settings, base)
     budget = [o for step, epochs, items in part1
               for o in (f"{step}:optim.epochs={epochs}", f"{step}:data.items_per_epoch={items}")]
@@ -253,7 +257,7 @@ def method_layout(settings: Settings, seed: int, runs: Path, data: Path, pools: 
     # The batch sizes the stages run with (--set included) give their items per epoch.
     base = replace(preset, configs=settings.configs, data=str(data), runs=str(runs), pools=str(pools),
                    threshold=settings.threshold, epochs_scale=settings.epochs_scale,
-                   overrides=(*preset.overrides, *settings.overrides, f"run.seed={seed}"))
+                   overrides=(*preset.overrides, *settings.overrides, f"run.seed={seed + settings.train_seed}"))
     per_step = {s.name: _items_per_epoch(settings, s) for s in pipeline.train_stages(pipeline.stages("all", base))}
     items = [f"{name}:data.items_per_epoch={n}" for name, n in per_step.items()]
     return replace(base, overrides=(*base.overrides, *items))
@@ -569,7 +573,9 @@ def check_settings(out: Path, settings: Settings) -> None:
     mine = json.loads(json.dumps(dataclasses.asdict(settings)))
     if path.is_file():
         theirs = json.loads(path.read_text())
-        differ = [k for k in mine if theirs.get(k) != mine[k]]
+        # A setting newer than the folder counts as its default there.
+        defaults = json.loads(json.dumps(dataclasses.asdict(Settings())))
+        differ = [k for k in mine if theirs.get(k, defaults[k]) != mine[k]]
         if differ:
             k = differ[0]
             raise pipeline.PipelineError(f"{path}: this folder holds results made with other settings ({k} "
@@ -625,6 +631,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rates", nargs="+", default=None, metavar="RATE[@KINDS]",
                    help=f"noise settings (sampled: 0.3@{SDX23_KINDS}; sine: 0.3 and 0.5@swap=3,other_song=3)")
     p.add_argument("--seeds", type=int, default=3, help="data and training seeds 1..N (default 3)")
+    p.add_argument("--train-seed", type=int, default=0, metavar="K",
+                   help="training seeds K+1..K+N on the same data (default 0: the data seeds)")
     p.add_argument("--arms", default=None, help=f"comma-separated subset of {', '.join(ARM_NAMES)} "
                                                 "(sampled: clean,plain,method; sine: all but method)")
     p.add_argument("--epochs-scale", type=float, default=None,
@@ -667,7 +675,8 @@ def main(argv=None) -> int:
     settings = Settings(tracks=args.tracks, seconds=args.seconds, test_tracks=args.test_tracks,
                         epochs_scale=args.epochs_scale, steps_per_epoch=args.steps_per_epoch,
                         configs=args.configs or ARCH_CONFIGS[args.arch], threshold=args.threshold,
-                        variants_by=args.variants_by, overrides=tuple(args.set), render=args.render)
+                        variants_by=args.variants_by, overrides=tuple(args.set), render=args.render,
+                        train_seed=args.train_seed)
     say = lambda text: print(text, flush=True)  # noqa: E731
     step1 = load_config(Path(settings.configs) / "step1.yaml", list(settings.overrides))
     samplerate = step1["data"]["samplerate"]
@@ -678,7 +687,8 @@ def main(argv=None) -> int:
     header = (f"Noise robustness: {settings.tracks} tracks x {settings.seconds:g} s at {samplerate} Hz, "
               f"{settings.test_tracks} clean test tracks, configs {settings.configs}, epochs x "
               f"{settings.epochs_scale:g} of steps 1-3 at {settings.steps_per_epoch} steps per epoch, "
-              f"seeds 1..{args.seeds}, device {args.device}.")
+              f"seeds 1..{args.seeds}" + (f" (training seeds {args.train_seed + 1}..{args.train_seed + args.seeds})"
+                                           if args.train_seed else "") + f", device {args.device}.")
     try:
         return run_all(args, settings, names, header, samplerate, say)
     except pipeline.PipelineError as exc:

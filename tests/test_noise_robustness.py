@@ -119,3 +119,22 @@ def test_noise_settings_parse():
     for bad in ("x", "0", "1.5", "0.5@nosuch=2"):
         with pytest.raises(ValueError):
             bench.Noise.parse(bad)
+
+
+def test_training_seeds_move_apart_from_the_data_seeds(tmp_path):
+    bench = _bench_module()
+    plain = bench.arms("absolute")["plain"]
+    for offset, expected in ((0, "run.seed=2"), (100, "run.seed=102")):
+        settings = bench.Settings(train_seed=offset)
+        layouts = (bench.layout_of(plain, settings, 2, tmp_path / "runs", tmp_path / "data", tmp_path / "pools"),
+                   bench.method_layout(settings, 2, tmp_path / "runs", tmp_path / "data", tmp_path / "pools"))
+        for layout in layouts:
+            seeds = [o for o in layout.overrides if o.startswith("run.seed=")]
+            assert seeds[-1] == expected, layout.overrides
+    # A folder written before the setting existed holds results of its default, and of nothing else.
+    settings = json.loads(json.dumps(bench.dataclasses.asdict(bench.Settings())))
+    del settings["train_seed"]
+    (tmp_path / bench.SETTINGS_FILE).write_text(json.dumps(settings))
+    bench.check_settings(tmp_path, bench.Settings())
+    with pytest.raises(bench.pipeline.PipelineError, match="train_seed"):
+        bench.check_settings(tmp_path, bench.Settings(train_seed=5))
