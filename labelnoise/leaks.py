@@ -24,11 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from .stem_record import Stem
-from .thresholds import MIN_STEMS
+from .thresholds import MIN_SPREAD_DB, MIN_STEMS, median_spread
 
 LEAK_Z = 3.0            # robust z-scores: beyond 3 MADs of the source's median is an outlier
-MIN_SPREAD_DB = 1.0     # the smallest spread (1.4826 MAD) a z-score is taken against
-MAD_TO_SD = 1.4826      # a normal's standard deviation over its median absolute deviation
 # The test in the reports' words: what a stem the auto rule keeps also satisfies.
 RULE = (f"no other output is louder against its own than in the source's other stems by more than "
         f"{LEAK_Z:g} MADs")
@@ -45,8 +43,7 @@ def robust_z(values) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     fin = v[np.isfinite(v)]
     v = np.clip(v, fin.min() - 1.0, fin.max() + 1.0) if fin.size else np.zeros_like(v)
-    median = float(np.median(v))
-    spread = max(MAD_TO_SD * float(np.median(np.abs(v - median))), MIN_SPREAD_DB)
+    median, spread = median_spread(v)
     return (v - median) / spread
 
 

@@ -12,13 +12,18 @@ rules (``Rule.parse``):
   are well apart (Ashman's D >= ``MIN_SEPARATION``) and the upper part, the
   clean stems, holds at least ``MIN_CLEAN_SHARE`` of them; the threshold is
   then where a margin is equally likely to come from either part. One
-  population: every stem is kept. Either way no stem is kept below
-  ``FLOOR_DB``: a stem whose own output is less than half as loud as
-  another output is on the wrong side of anything a clean stem looks like,
-  whatever the rest of the source does (a source of swapped stems alone is
-  one population too). The one exception: two populations whose clean
-  part itself lies below the floor (a filter model that hears the source
-  poorly) take the split, where the floor would drop every clean stem.
+  population: every stem is kept but those at or below ``FLOOR_DB`` (a
+  stem whose own output is less than half as loud as another output) that
+  also lie ``OUTLIER_MADS`` robust spreads (1.4826 MAD) or more below the
+  source's median. A weak filter model leaks a clean source into another
+  output (a pitch-raised bass into ``other``), and then some of the
+  source's clean stems lie below the floor too: they are where its stems
+  are, not a second group. A population whose median is at or below the
+  floor is a source of swapped stems: nothing at or below the floor is
+  kept. Two populations: no stem is kept at or below the floor either,
+  but for one exception: a clean part that itself lies below the floor (a
+  filter model that hears the source poorly) takes the split, where the
+  floor would drop every clean stem.
   After the threshold, ``labelnoise.leaks`` leaves out a stem whose leak
   into one other output stands out from its source's stems;
 - ``otsu``: Otsu's split of the margins, whether or not they form two groups
@@ -45,6 +50,9 @@ MIN_CLEAN_SHARE = 0.3   # the upper population is the clean one only when it is 
 MIN_SD_DB = 0.5         # no component narrower than this (a single stem would otherwise fit perfectly)
 EM_STEPS = 200
 MIN_STEMS = 8           # auto and otsu: fewer margins than this in a source, and its rule is the pooled one
+OUTLIER_MADS = 3.0      # one population: below the floor, a stem is left out only this far below the median
+MIN_SPREAD_DB = 1.0     # the smallest robust spread (1.4826 MAD) a stem's distance is measured in
+MAD_TO_SD = 1.4826      # a normal's standard deviation over its median absolute deviation
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,11 @@ class Rule:
             return f"keep the best {self.value:g} of each source by margin"
         if self.name == "otsu":
             return "otsu (Otsu's split of each source's margins)"
-        return (f"auto (one population of margins or two, per source, over each stem's windows; never "
-                f"below {FLOOR_DB:g} dB, where another output is twice as loud, unless a source's clean part "
-                f"lies below it; no stem whose leak into another output stands out from its source's stems)")
+        return (f"auto (one population of margins or two, per source, over each stem's windows; nothing "
+                f"at or below {FLOOR_DB:g} dB, where another output is twice as loud, unless one population's "
+                f"stems reach below it (then only those {OUTLIER_MADS:g} MADs under its median are left out) or "
+                f"a clean part lies below it; no stem whose leak into another output stands out from its "
+                f"source's stems)")
 
 
 def choose(margins: dict[str, list[float]], rule: Rule) -> tuple[dict[str, float], dict[str, str]]:
@@ -123,6 +133,13 @@ def finite(values) -> np.ndarray:
     fin = v[np.isfinite(v)]
     lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 0.0)
     return np.where(v == np.inf, hi + 1.0, np.where(v == -np.inf, lo - 1.0, v))
+
+
+def median_spread(values) -> tuple[float, float]:
+    """The median of finite numbers and their robust spread, ``max(1.4826 MAD, MIN_SPREAD_DB)``."""
+    v = np.asarray(values, dtype=np.float64)
+    median = float(np.median(v))
+    return median, max(MAD_TO_SD * float(np.median(np.abs(v - median))), MIN_SPREAD_DB)
 
 
 def otsu(values) -> float | None:
@@ -233,8 +250,15 @@ def populations(values, floor: float = FLOOR_DB) -> tuple[float, str]:
                          else f"at the {floor:g} dB floor (they are equally likely at {split:.1f} dB)")
             return threshold, (f"two populations ({round(w2 * n)} stems around {m2:.1f} dB, {round(w1 * n)} "
                                f"around {m1:.1f} dB; BIC {bic1 - bic2:.0f} lower with two): threshold {where}")
-    below = int((x <= floor).sum())
+    one = f"one population ({n} stems around {mean:.1f} dB, spread {sd:.1f} dB)"
+    median, spread = median_spread(x)
+    if median <= floor:
+        below = int((x <= floor).sum())
+        return floor, (f"{one}: all kept but the {below} at or below the {floor:g} dB floor (another output "
+                       f"twice as loud), where most of them are")
+    threshold = min(floor, median - OUTLIER_MADS * spread)
+    below = int((x <= threshold).sum())
     if below == 0:
-        return floor, f"one population ({n} stems around {mean:.1f} dB, spread {sd:.1f} dB): all kept"
-    return floor, (f"one population ({n} stems around {mean:.1f} dB, spread {sd:.1f} dB): all kept but the "
-                   f"{below} at or below the {floor:g} dB floor (another output twice as loud)")
+        return threshold, f"{one}: all kept"
+    return threshold, (f"{one}: all kept but the {below} below the {floor:g} dB floor (another output twice "
+                       f"as loud) and {OUTLIER_MADS:g} MADs under the median, at or below {threshold:.1f} dB")
