@@ -64,7 +64,7 @@ def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, capsys):
     out = tmp_path / "gpu_check.md"
     # The torchrun check generates data, then trains an epoch under torchrun, whose worker imports
     # torch before it starts: far more than one second on any machine, so it runs out of time and
-    # emits no figure. (The vocoder check, used here before, can finish within a second.)
+    # emits no figure. (The vocoder check can finish within a second on a fast CPU.)
     code = gpu_check.main(["--dry-run", "--only", "torchrun", "headroom", "--budget", "torchrun=1", "--out", str(out)])
     assert code == 1
     report = out.read_text()
