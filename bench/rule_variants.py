@@ -1,0 +1,196 @@
+"""The ``auto`` threshold rule and variants of its constants, re-decided on filter runs already made.
+
+    python bench/rule_variants.py runs/demo                  # every filter run under runs/demo
+    python bench/rule_variants.py runs/bench runs/demo/evaluator_outputs_pretrain3_key6_speed200
+    python bench/rule_variants.py runs/demo --variant "2 MADs:OUTLIER_MADS=2" --variant "z 4:LEAK_Z=4"
+
+Each folder given is a filter run (``filter.json`` and ``volumes.jsonl``, what
+``filter.py`` writes) or a folder searched for them. The dataset a run
+measured (``filter.json``'s ``data``) must hold ``noise_labels.json``. No
+model runs: every variant re-decides the same recorded margins with
+``labelnoise.selection`` (a dry run, nothing written), with some of the
+rule's constants changed for the time of the decision.
+
+Variants: ``auto`` (the rule as it stands), ``floor`` (nothing kept at or
+below the -6 dB floor: ``OUTLIER_MADS=0``), ``2.5 MADs`` and ``no leak test``
+(``LEAK_Z=inf``), and any given as ``--variant LABEL:NAME=VALUE[,NAME=VALUE]``
+over the constants in ``CONSTANTS``.
+
+A run on a dataset whose labels hold a noisy stem is a noisy case: the table
+adds up, over those, the clean stems kept, the noisy stems kept per kind
+(bleed only at or above -12 dB, other_song not at all: no per-stem filter
+hears them), the judgeable precision (every noisy case together, and the
+lowest of one case). A run on a dataset without noisy stems (a clean twin)
+counts the sources that keep fewer than 95 % of their stems.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from labelnoise import leaks, thresholds  # noqa: E402
+from labelnoise.filter_report import is_blind  # noqa: E402
+from labelnoise.files import FILTER_SETTINGS_FILE, LABELS_FILE, VOLUMES_FILE  # noqa: E402
+from labelnoise.selection import select_clean_stems  # noqa: E402
+
+# The constants a variant may change: each is read when the rule runs, so setting it changes the decision.
+CONSTANTS = {"OUTLIER_MADS": thresholds, "MIN_SPREAD_DB": thresholds, "BIC_MARGIN": thresholds,
+             "MIN_SEPARATION": thresholds, "MIN_CLEAN_SHARE": thresholds, "LEAK_Z": leaks}
+VARIANTS = {"auto": {}, "floor": {"OUTLIER_MADS": 0.0}, "2.5 MADs": {"OUTLIER_MADS": 2.5},
+            "no leak test": {"LEAK_Z": math.inf}}
+CLEAN_SHARE = 0.95      # a clean twin's source keeping fewer of its stems than this is counted
+JUDGED_KINDS = ("swap", "misgroup", "partial", "bleed >= -12 dB", "silent")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, float]]:
+    """``"LABEL:NAME=VALUE,NAME=VALUE"`` -> ``(LABEL, {NAME: VALUE})``."""
+    label, sep, body = text.partition(":")
+    if not sep or not label.strip():
+        raise ValueError(f"--variant {text!r}: expected LABEL:NAME=VALUE[,NAME=VALUE]")
+    values = {}
+    for part in body.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in CONSTANTS:
+            raise ValueError(f"--variant {text!r}: {name!r} is not one of {', '.join(CONSTANTS)}")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--variant {text!r}: {value!r} is not a number") from None
+    return label.strip(), values
+
+
+@contextlib.contextmanager
+def constants(values: dict[str, float]):
+    """The rule's constants set to ``values`` inside the block, restored after it."""
+    saved = {name: getattr(CONSTANTS[name], name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(CONSTANTS[name], name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(CONSTANTS[name], name, value)
+
+
+def filter_runs(folders) -> list[Path]:
+    """Every filter run (a folder with filter.json and volumes.jsonl) in or under the folders given."""
+    runs = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder")
+        found = [folder] if (folder / FILTER_SETTINGS_FILE).is_file() else sorted(
+            p.parent for p in folder.rglob(FILTER_SETTINGS_FILE))
+        found = [f for f in found if (f / VOLUMES_FILE).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{folder}: no filter run in it ({FILTER_SETTINGS_FILE} with {VOLUMES_FILE})")
+        runs += [f for f in found if f not in runs]
+    return runs
+
+
+def decide(run: Path, values: dict[str, float]) -> dict:
+    """One run re-decided under a variant: the stems (dry run, nothing written) and whether it is noisy."""
+    made = json.loads((run / FILTER_SETTINGS_FILE).read_text())
+    data = Path(made["data"])
+    if not (data / LABELS_FILE).is_file():
+        raise FileNotFoundError(f"{run}: its dataset {data} has no {LABELS_FILE}; a variant cannot be judged")
+    name = re.sub(r"^evaluator_outputs_|_key-?\d+_speed\d+$", "", run.name) or "filter"
+    with constants(values):
+        sel = select_clean_stems(name, made["key"], made["speed"], "auto", outputs=run, data=data,
+                                 dry_run=True, report=False, progress=False)
+    stems = [st for st in sel.stems if st.label is not None]
+    return {"stems": stems, "noisy": any(st.noisy for st in stems)}
+
+
+def kind_row(st) -> str:
+    """The row of the table a noisy stem counts in (bleed split at its line)."""
+    if st.kind == "bleed":
+        return "bleed >= -12 dB" if not is_blind(st) else "bleed < -12 dB"
+    return st.kind
+
+
+def summary(cases: list[dict]) -> dict:
+    """A variant's figures over the cases (see the module's docstring)."""
+    noisy = [c["stems"] for c in cases if c["noisy"]]
+    twins = [c["stems"] for c in cases if not c["noisy"]]
+    out = {"noisy_cases": len(noisy), "twin_cases": len(twins), "clean_kept": 0, "clean": 0,
+           "kinds": {k: [0, 0] for k in JUDGED_KINDS}, "kept": 0, "kept_clean": 0, "lowest_precision": None}
+    for stems in noisy:
+        judged = [st for st in stems if not is_blind(st) and (not st.noisy or kind_row(st) in JUDGED_KINDS)]
+        clean = [st for st in judged if not st.noisy]
+        out["clean"] += len(clean)
+        out["clean_kept"] += sum(st.kept for st in clean)
+        for st in judged:
+            if st.noisy:
+                out["kinds"][kind_row(st)][0] += st.kept
+                out["kinds"][kind_row(st)][1] += 1
+        kept = [st for st in judged if st.kept]
+        out["kept"] += len(kept)
+        out["kept_clean"] += sum(not st.noisy for st in kept)
+        if kept:
+            precision = sum(not st.noisy for st in kept) / len(kept)
+            low = out["lowest_precision"]
+            out["lowest_precision"] = precision if low is None else min(low, precision)
+    out["precision"] = out["kept_clean"] / out["kept"] if out["kept"] else None
+    short, sources = 0, 0
+    for stems in twins:
+        for s in sorted({st.stem for st in stems}):
+            mine = [st for st in stems if st.stem == s]
+            sources += 1
+            short += sum(st.kept for st in mine) < CLEAN_SHARE * len(mine)
+    out["twin_sources"], out["twin_sources_short"] = sources, short
+    return out
+
+
+def table(results: dict[str, dict]) -> str:
+    """The variants side by side, in markdown."""
+    head = (["variant", "clean kept (noisy sets)"] + [f"{k} kept" for k in JUDGED_KINDS]
+            + ["judgeable precision (all / lowest set)", f"clean-twin sources < {CLEAN_SHARE:.0%}"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in results.items():
+        p = "n/a" if r["precision"] is None else f"{r['precision']:.3f}"
+        low = "n/a" if r["lowest_precision"] is None else f"{r['lowest_precision']:.3f}"
+        cells = ([label, f"{r['clean_kept']}/{r['clean']}"]
+                 + [f"{kept}/{n}" for kept, n in r["kinds"].values()]
+                 + [f"{p} / {low}", f"{r['twin_sources_short']}/{r['twin_sources']}"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folders", nargs="+", help="filter runs, or folders searched for them")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+                    help="another variant (repeatable); the four built in always run")
+    ap.add_argument("--json", type=Path, help="also write every variant's figures here")
+    args = ap.parse_args(argv)
+    try:
+        variants = dict(VARIANTS)
+        variants.update(parse_variant(v) for v in args.variant)
+        runs = filter_runs(args.folders)
+        results = {label: summary([decide(run, values) for run in runs]) for label, values in variants.items()}
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"rule_variants: {exc}", file=sys.stderr)
+        return 2
+    noisy = results["auto"]["noisy_cases"]
+    print(f"{len(runs)} filter runs: {noisy} on noisy sets, {len(runs) - noisy} on clean twins")
+    for run in runs:
+        print(f"  {run}")
+    print()
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
