@@ -29,15 +29,14 @@ import argparse
 import contextlib
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labelnoise import leaks, thresholds  # noqa: E402
-from labelnoise.filter_report import is_blind  # noqa: E402
 from labelnoise.files import FILTER_SETTINGS_FILE, LABELS_FILE, VOLUMES_FILE  # noqa: E402
+from labelnoise.noise import KINDS  # noqa: E402
 from labelnoise.selection import select_clean_stems  # noqa: E402
 
 # The constants a variant may change: each is read when the rule runs, so setting it changes the decision.
@@ -46,7 +45,8 @@ CONSTANTS = {"OUTLIER_MADS": thresholds, "MIN_SPREAD_DB": thresholds, "BIC_MARGI
 VARIANTS = {"auto": {}, "floor": {"OUTLIER_MADS": 0.0}, "2.5 MADs": {"OUTLIER_MADS": 2.5},
             "no leak test": {"LEAK_Z": math.inf}}
 CLEAN_SHARE = 0.95      # a clean twin's source keeping fewer of its stems than this is counted
-JUDGED_KINDS = ("swap", "misgroup", "partial", "bleed >= -12 dB", "silent")
+# The rows of labelnoise.filter_report's keep rate per kind that a per-stem filter can hear.
+JUDGED_KINDS = ("swap", "misgroup", "partial", f"bleed >= {KINDS['bleed'].blind_below_db:g} dB", "silent")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, float]]:
@@ -96,56 +96,48 @@ def filter_runs(folders) -> list[Path]:
 
 
 def decide(run: Path, values: dict[str, float]) -> dict:
-    """One run re-decided under a variant: the stems (dry run, nothing written) and whether it is noisy."""
+    """One run re-decided under a variant (a dry run, nothing written): labelnoise.filter_report's
+    figures of its decisions against the labels."""
     made = json.loads((run / FILTER_SETTINGS_FILE).read_text())
     data = Path(made["data"])
     if not (data / LABELS_FILE).is_file():
         raise FileNotFoundError(f"{run}: its dataset {data} has no {LABELS_FILE}; a variant cannot be judged")
-    name = re.sub(r"^evaluator_outputs_|_key-?\d+_speed\d+$", "", run.name) or "filter"
+    # The model's name only names volume caches, and a run with volumes.jsonl reads none.
     with constants(values):
-        sel = select_clean_stems(name, made["key"], made["speed"], "auto", outputs=run, data=data,
+        sel = select_clean_stems("filter", made["key"], made["speed"], "auto", outputs=run, data=data,
                                  dry_run=True, report=False, progress=False)
-    stems = [st for st in sel.stems if st.label is not None]
-    return {"stems": stems, "noisy": any(st.noisy for st in stems)}
+    if sel.metrics is None:
+        raise ValueError(f"{data / LABELS_FILE}: labels none of the stems {run} measured")
+    return sel.metrics
 
 
-def kind_row(st) -> str:
-    """The row of the table a noisy stem counts in (bleed split at its line)."""
-    if st.kind == "bleed":
-        return "bleed >= -12 dB" if not is_blind(st) else "bleed < -12 dB"
-    return st.kind
+def holds_noisy(metrics: dict) -> bool:
+    """Whether a run's labels name a noisy stem (else it ran on a clean twin)."""
+    return bool(metrics["overall"]["fp"] + metrics["overall"]["tn"])
 
 
 def summary(cases: list[dict]) -> dict:
-    """A variant's figures over the cases (see the module's docstring)."""
-    noisy = [c["stems"] for c in cases if c["noisy"]]
-    twins = [c["stems"] for c in cases if not c["noisy"]]
+    """A variant's figures over the cases' metrics (see the module's docstring)."""
+    noisy = [m for m in cases if holds_noisy(m)]
+    twins = [m for m in cases if not holds_noisy(m)]
     out = {"noisy_cases": len(noisy), "twin_cases": len(twins), "clean_kept": 0, "clean": 0,
-           "kinds": {k: [0, 0] for k in JUDGED_KINDS}, "kept": 0, "kept_clean": 0, "lowest_precision": None}
-    for stems in noisy:
-        judged = [st for st in stems if not is_blind(st) and (not st.noisy or kind_row(st) in JUDGED_KINDS)]
-        clean = [st for st in judged if not st.noisy]
-        out["clean"] += len(clean)
-        out["clean_kept"] += sum(st.kept for st in clean)
-        for st in judged:
-            if st.noisy:
-                out["kinds"][kind_row(st)][0] += st.kept
-                out["kinds"][kind_row(st)][1] += 1
-        kept = [st for st in judged if st.kept]
-        out["kept"] += len(kept)
-        out["kept_clean"] += sum(not st.noisy for st in kept)
-        if kept:
-            precision = sum(not st.noisy for st in kept) / len(kept)
+           "kinds": {k: [0, 0] for k in JUDGED_KINDS}, "kept": 0, "lowest_precision": None}
+    for m in noisy:
+        judged = m["judgeable"]          # every clean stem, and the noisy ones a per-stem filter can hear
+        out["clean"] += judged["tp"] + judged["fn"]
+        out["clean_kept"] += judged["tp"]
+        out["kept"] += judged["tp"] + judged["fp"]
+        for k in JUDGED_KINDS:
+            rate = m["per_kind"].get(k, {"kept": 0, "total": 0})
+            out["kinds"][k][0] += rate["kept"]
+            out["kinds"][k][1] += rate["total"]
+        if judged["precision"] is not None:
             low = out["lowest_precision"]
-            out["lowest_precision"] = precision if low is None else min(low, precision)
-    out["precision"] = out["kept_clean"] / out["kept"] if out["kept"] else None
-    short, sources = 0, 0
-    for stems in twins:
-        for s in sorted({st.stem for st in stems}):
-            mine = [st for st in stems if st.stem == s]
-            sources += 1
-            short += sum(st.kept for st in mine) < CLEAN_SHARE * len(mine)
-    out["twin_sources"], out["twin_sources_short"] = sources, short
+            out["lowest_precision"] = judged["precision"] if low is None else min(low, judged["precision"])
+    out["precision"] = out["clean_kept"] / out["kept"] if out["kept"] else None
+    per_source = [c for m in twins for c in m["per_source"].values() if c["tp"] + c["fn"]]
+    out["twin_sources"] = len(per_source)
+    out["twin_sources_short"] = sum(c["tp"] < CLEAN_SHARE * (c["tp"] + c["fn"]) for c in per_source)
     return out
 
 
