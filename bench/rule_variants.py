@@ -22,6 +22,12 @@ adds up, over those, the clean stems kept, the noisy stems kept per kind
 hears them), the judgeable precision (every noisy case together, and the
 lowest of one case). A run on a dataset without noisy stems (a clean twin)
 counts the sources that keep fewer than 95 % of their stems.
+
+The last row, ``labels' best``, is no rule: per run and source it takes the
+threshold on the margins that the labels say is best, the highest judgeable
+precision at a judgeable recall of at least 0.8 over the run (the leak
+test's outliers left out, as ``auto`` does). No threshold rule on the same
+margins can pass it, so it is what the filter model's margins allow.
 """
 from __future__ import annotations
 
@@ -34,16 +40,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labelnoise import leaks, thresholds  # noqa: E402
+from labelnoise import SOURCES, filter_report, leaks, thresholds  # noqa: E402
 from labelnoise.files import FILTER_SETTINGS_FILE, LABELS_FILE, VOLUMES_FILE  # noqa: E402
 from labelnoise.noise import KINDS  # noqa: E402
-from labelnoise.selection import select_clean_stems  # noqa: E402
+from labelnoise.selection import Selection, select_clean_stems  # noqa: E402
 
 # The constants a variant may change: each is read when the rule runs, so setting it changes the decision.
 CONSTANTS = {"OUTLIER_MADS": thresholds, "MIN_SPREAD_DB": thresholds, "BIC_MARGIN": thresholds,
              "MIN_SEPARATION": thresholds, "MIN_CLEAN_SHARE": thresholds, "LEAK_Z": leaks}
 VARIANTS = {"auto": {}, "floor": {"OUTLIER_MADS": 0.0}, "2.5 MADs": {"OUTLIER_MADS": 2.5},
             "no leak test": {"LEAK_Z": math.inf}}
+LABELS_BEST = "labels' best"
+RECALL_AT = 0.8         # the operating point the labels' best is chosen at: judgeable recall at least this
 CLEAN_SHARE = 0.95      # a clean twin's source keeping fewer of its stems than this is counted
 # The rows of labelnoise.filter_report's keep rate per kind that a per-stem filter can hear.
 JUDGED_KINDS = ("swap", "misgroup", "partial", f"bleed >= {KINDS['bleed'].blind_below_db:g} dB", "silent")
@@ -95,9 +103,9 @@ def filter_runs(folders) -> list[Path]:
     return runs
 
 
-def decide(run: Path, values: dict[str, float]) -> dict:
-    """One run re-decided under a variant (a dry run, nothing written): labelnoise.filter_report's
-    figures of its decisions against the labels."""
+def redecide(run: Path, values: dict[str, float], by_labels: bool = False) -> Selection:
+    """One run's stems decided again under a variant (a dry run, nothing written), or with the labels' best
+    thresholds (``best_thresholds``); ``metrics`` holds labelnoise.filter_report's figures of the decisions."""
     made = json.loads((run / FILTER_SETTINGS_FILE).read_text())
     data = Path(made["data"])
     if not (data / LABELS_FILE).is_file():
@@ -108,7 +116,55 @@ def decide(run: Path, values: dict[str, float]) -> dict:
                                  dry_run=True, report=False, progress=False)
     if sel.metrics is None:
         raise ValueError(f"{data / LABELS_FILE}: labels none of the stems {run} measured")
-    return sel.metrics
+    if by_labels:
+        chosen = best_thresholds(sel.stems)
+        for st in sel.stems:
+            st.kept = st.eligible and st.stem in chosen and st.margin > chosen[st.stem] and not leaks.is_outlier(st)
+        sel.thresholds, sel.metrics = chosen, filter_report.metrics(sel.stems, SOURCES, chosen)
+    return sel
+
+
+def decide(run: Path, values: dict[str, float], by_labels: bool = False) -> dict:
+    """``redecide``'s figures of the decisions against the labels."""
+    return redecide(run, values, by_labels).metrics
+
+
+def best_thresholds(stems, recall: float = RECALL_AT) -> dict[str, float]:
+    """Per source, the threshold on the margins that gives the run the highest judgeable precision at a
+    judgeable recall of at least ``recall`` (ties: the higher recall), chosen with the labels.
+
+    A source's choices are to keep its top k judged stems by margin (eligible, labelled, not blind, not a
+    leak outlier); the sources' choices are combined exactly, keeping per count of clean stems kept the
+    fewest noisy ones. Where no choice reaches ``recall``, the one that keeps the most clean stems."""
+    judged = [st for st in stems if st.label is not None and not filter_report.is_blind(st)]
+    clean_total = sum(not st.noisy for st in judged)
+    best = {0: (0, {})}                        # clean kept -> (noisy kept, threshold per source)
+    for source in sorted({st.stem for st in judged}):
+        # A margin of -inf (the stem's own output all zero) is kept by no threshold.
+        ranked = sorted((st for st in judged if st.stem == source and st.eligible and not leaks.is_outlier(st)
+                         and st.margin > -math.inf), key=lambda st: -st.margin)
+        margins = [st.margin for st in ranked]
+        options, tp, fp = [(0, 0, math.inf)], 0, 0
+        for k, st in enumerate(ranked, 1):     # keep the top k: the threshold lies below the k-th margin
+            tp, fp = tp + (not st.noisy), fp + bool(st.noisy)
+            if k < len(ranked) and margins[k] == margins[k - 1]:
+                continue                       # a threshold cannot part stems of one margin
+            options.append((tp, fp, between(margins[k - 1], margins[k]) if k < len(ranked) else -math.inf))
+        merged = {}
+        for kept, (noisy, chosen) in best.items():
+            for tp, fp, threshold in options:
+                if kept + tp not in merged or noisy + fp < merged[kept + tp][0]:
+                    merged[kept + tp] = (noisy + fp, {**chosen, source: threshold})
+        best = merged
+    enough = [k for k in best if clean_total and k >= recall * clean_total] or [max(best)]
+    kept = max(enough, key=lambda k: (k / (k + best[k][0]) if k + best[k][0] else 0.0, k))
+    return best[kept][1]
+
+
+def between(above: float, below: float) -> float:
+    """A threshold that keeps a margin of ``above`` and not one of ``below`` (``above > below``, the upper
+    one possibly +inf)."""
+    return below + 1.0 if math.isinf(above) else (above + below) / 2
 
 
 def holds_noisy(metrics: dict) -> bool:
@@ -170,6 +226,7 @@ def main(argv=None) -> int:
         variants.update(parse_variant(v) for v in args.variant)
         runs = filter_runs(args.folders)
         results = {label: summary([decide(run, values) for run in runs]) for label, values in variants.items()}
+        results[LABELS_BEST] = summary([decide(run, {}, by_labels=True) for run in runs])
     except (ValueError, FileNotFoundError) as exc:
         print(f"rule_variants: {exc}", file=sys.stderr)
         return 2

@@ -79,8 +79,40 @@ def test_variants_decide_the_recorded_margins_and_count_them(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2 filter runs: 1 on noisy sets, 1 on clean twins" in done.stdout
     assert "| floor | 77/78 | 0/1 | 0/1 |" in done.stdout
-    assert json.loads(out.read_text())["strict"]["clean_kept"] <= 77
+    written = json.loads(out.read_text())
+    assert written["strict"]["clean_kept"] <= 77
+    # The labels' best: every clean stem and neither noisy one (the misgroup is the leak test's outlier).
+    assert written[rule_variants.LABELS_BEST]["clean_kept"] == 78 and written[rule_variants.LABELS_BEST]["precision"] == 1.0
+    assert "| labels' best | 78/78 |" in done.stdout
 
     bad = subprocess.run([sys.executable, str(ROOT / "bench/rule_variants.py"), str(tmp_path),
                           "--variant", "x:FLOOR=1"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "'FLOOR' is not one of OUTLIER_MADS" in bad.stderr
+
+
+def test_labels_best_thresholds_take_the_highest_precision_at_the_recall_asked():
+    from labelnoise.stem_record import Stem
+
+    def stem(track, source, margin, kind=None):
+        label = {"noisy": kind is not None, "kind": kind}
+        return Stem(track, source, margin=margin, label=label)
+    # bass: ten clean stems at 10 .. 1 dB and two noisy ones at 8.5 and 1.5; vocals: clean at 5 .. 2 dB and
+    # a swap at -10. Recall 0.8 of the 14 clean stems asks for 12: the four vocals and at least 8 bass.
+    # Bass down to 3 dB keeps the misgroup too (12/13), down to 2 dB the same (13/14), all of it both
+    # noisy stems (14/16): the best threshold lies between 1.5 and 2 dB.
+    bass = [stem(f"t{i}", "bass", float(10 - i)) for i in range(10)]
+    bass += [stem("n1", "bass", 8.5, "misgroup"), stem("n2", "bass", 1.5, "swap")]
+    vocals = [stem(f"t{i}", "vocals", float(5 - i)) for i in range(4)] + [stem("n1", "vocals", -10.0, "swap")]
+    # A blind stem (other_song) counts for neither side, wherever its margin lies.
+    blind = stem("n3", "vocals", 9.0, "other_song")
+    chosen = rule_variants.best_thresholds(bass + vocals + [blind])
+    assert 1.5 < chosen["bass"] < 2.0 and -10.0 < chosen["vocals"] < 2.0
+    # Recall 1.0 takes every clean stem, and so both noisy bass stems.
+    assert rule_variants.best_thresholds(bass + vocals, recall=1.0)["bass"] < 1.0
+    # A source of clean stems only keeps them all.
+    assert rule_variants.best_thresholds(vocals[:4])["vocals"] < 2.0
+    # An infinite margin (every other output all zero) is kept by the chosen threshold, -inf by none.
+    chosen = rule_variants.best_thresholds([stem("t9", "drums", math.inf), stem("n8", "drums", 3.0, "swap")])
+    assert 3.0 < chosen["drums"] < math.inf
+    chosen = rule_variants.best_thresholds([stem("t9", "drums", 3.0), stem("n8", "drums", -math.inf, "swap")])
+    assert chosen["drums"] < 3.0
