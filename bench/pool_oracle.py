@@ -15,8 +15,9 @@ labels, and joint360 is trained again with the pipeline's own command on:
   pool a perfect filter would make.
 
 Both leave out the held-out tracks as the method's pool does. The pools
-are folders of symbolic links to the dataset's stems, under ``--out``;
-nothing in the dataset or the method's run is changed. Each model is scored
+are folders of symbolic links to the dataset's stems, under ``--out`` in
+a folder per method arm (its path under the folder given); nothing in the
+dataset or the method's run is changed. Each model is scored
 on ``--test`` (training and scoring write to ``log.txt`` next to the pool),
 and the table sets both against the method's own joint360.
 Running the command again reuses what is finished.
@@ -37,23 +38,27 @@ import rule_variants  # noqa: E402
 
 from labelnoise.files import DONE_FILE, MANIFEST_FILE, MODEL_FILE, SELECTION_FILE, TEST_SCORES_FILE  # noqa: E402
 from labelnoise.pipeline import JOINT as STAGE  # noqa: E402
-POOLS = {"labels_best": "labels' best", "clean": "every clean stem"}
+
+POOLS = {"labels_best": "labels' best", "clean": "every clean stem"}   # folder name -> the table's words
+POOL_LIST = "pool.json"   # the stems a pool was made of: a finished run is reused only for the same pool
 
 
 def method_runs(folder: Path) -> list[Path]:
-    """Every pipeline run under ``folder`` that trained joint360 (its folder holds pipeline.json)."""
+    """Every pipeline run under ``folder`` that filtered and then trained joint360 on the pool (its folder
+    holds pipeline.json; the bench's control arm pool_all trains joint360 without a filter)."""
     return [manifest.parent for manifest in sorted(folder.rglob(MANIFEST_FILE))
-            if STAGE in stages_of(manifest.parent)]
+            if first_selection(stages_of(manifest.parent)) is not None]
 
 
 def stages_of(run: Path) -> dict[str, dict]:
     return {s["name"]: s for s in json.loads((run / MANIFEST_FILE).read_text())["stages"]}
 
 
-def first_selection(stages: dict[str, dict]) -> Path:
-    """The pool joint360 trained on: the selection stage it ran after."""
-    return Path(next(stages[name]["selection"] for name in stages[STAGE]["after"]
-                     if stages[name]["kind"] == "select"))
+def first_selection(stages: dict[str, dict]) -> Path | None:
+    """The pool joint360 trained on: the selection stage it ran after (None: no such stage in the run)."""
+    after = stages[STAGE]["after"] if STAGE in stages else ()
+    found = [stages[name]["selection"] for name in after if stages.get(name, {}).get("kind") == "select"]
+    return Path(found[0]) if found else None
 
 
 def pool_stems(selection: Path) -> tuple[Path, dict[str, list]]:
@@ -68,12 +73,21 @@ def pool_stems(selection: Path) -> tuple[Path, dict[str, list]]:
 
 
 def write_pool(root: Path, stems, data: Path) -> None:
-    """``root/train/<source>/<track>.wav``, each a link to ``data/<track>/<source>.wav`` (the pool layout)."""
+    """``root/train/<source>/<track>.wav``, each a link to ``data/<track>/<source>.wav`` (the pool layout).
+
+    A pool made before of other stems is an error: the run trained on it would be reused for the wrong
+    pool."""
+    listed = sorted(f"{st.track}/{st.stem}" for st in stems)
+    record = root / POOL_LIST
+    if record.is_file() and json.loads(record.read_text()) != listed:
+        raise ValueError(f"{root}: made of other stems before (its {POOL_LIST}); remove {root.parent} to "
+                         f"train on the pool the labels give now")
     for st in stems:
         link = root / "train" / st.stem / f"{st.track}.wav"
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             os.symlink((data / st.track / f"{st.stem}.wav").resolve(), link)
+    record.write_text(json.dumps(listed) + "\n")
 
 
 def command_on(command: list[str], pool: Path, out: Path) -> list[str]:
@@ -89,7 +103,7 @@ def counts(stems) -> str:
     return f"({len(stems)} stems, {sum(bool(st.noisy) for st in stems)} noisy)"
 
 
-def test_mean(sdr_json: Path) -> float:
+def mean_sdr(sdr_json: Path) -> float:
     """The mean SDR over tracks and sources that evaluate.py's JSON holds."""
     return json.loads(sdr_json.read_text())["summary"]["mean"]
 
@@ -106,17 +120,19 @@ def main(argv=None) -> int:
         print(f"pool_oracle: no method arm under {args.folder} ({MANIFEST_FILE} with {STAGE})", file=sys.stderr)
         return 2
     rows = []
-    for i, run in enumerate(runs):
+    for run in runs:
         stages = stages_of(run)
         try:
             data, pools = pool_stems(first_selection(stages))
+            for name, stems in pools.items():
+                if name in POOLS:
+                    write_pool(args.out / run.relative_to(args.folder) / name / "pool", stems, data)
         except (FileNotFoundError, ValueError) as exc:
             print(f"pool_oracle: {exc}", file=sys.stderr)
             return 2
-        row = [str(run), f"{test_mean(Path(stages[STAGE]['eval'])):.2f} {counts(pools.pop('method'))}"]
+        row = [str(run), f"{mean_sdr(Path(stages[STAGE]['eval'])):.2f} {counts(pools.pop('method'))}"]
         for name, stems in pools.items():
-            here = args.out / f"run{i}" / name
-            write_pool(here / "pool", stems, data)
+            here = args.out / run.relative_to(args.folder) / name
             model_dir = here / STAGE
             sdr = here / TEST_SCORES_FILE
             steps = [] if (model_dir / DONE_FILE).is_file() else [command_on(stages[STAGE]["command"], here / "pool", here)]
@@ -129,7 +145,7 @@ def main(argv=None) -> int:
                         print(f"pool_oracle: {' '.join(command)} failed; its output is in {here / 'log.txt'}",
                               file=sys.stderr)
                         return 1
-            row.append(f"{test_mean(sdr):.2f} {counts(stems)}")
+            row.append(f"{mean_sdr(sdr):.2f} {counts(stems)}")
             print(f"{run}: {POOLS[name]} {row[-1]}", flush=True)
         rows.append(row)
     head = ["method arm", "its joint360 (its pool)"] + [f"joint360 on {label}" for label in POOLS.values()]

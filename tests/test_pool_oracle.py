@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -40,6 +41,9 @@ def test_pools_hold_what_the_labels_say_and_leave_the_held_out_tracks_out(tmp_pa
     link = tmp_path / "out" / "pool" / "train" / "bass" / "t00.wav"
     assert link.is_symlink() and link.resolve() == data / "t00" / "bass.wav"
     assert len(list((tmp_path / "out" / "pool" / "train" / "bass").iterdir())) == 17
+    # Another set of stems into the same folder: an error, so a model trained on the old pool is not reused.
+    with pytest.raises(ValueError, match="made of other stems before"):
+        pool_oracle.write_pool(tmp_path / "out" / "pool", pools["labels_best"], data)
 
 
 def test_the_command_is_the_pipelines_with_another_pool_and_run_folder():
@@ -60,5 +64,8 @@ def test_the_pool_is_the_selection_joint360_ran_after(tmp_path):
     (run / "pipeline.json").write_text(json.dumps({"stages": stages}))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "pipeline.json").write_text(json.dumps({"stages": stages[:2]}))
+    # joint360 without its selection stage in the run (the bench's pool_all arm): not a method arm.
+    (tmp_path / "control").mkdir()
+    (tmp_path / "control" / "pipeline.json").write_text(json.dumps({"stages": stages[2:]}))
     assert pool_oracle.method_runs(tmp_path) == [run]
     assert pool_oracle.first_selection(pool_oracle.stages_of(run)) == Path("pools/a")
