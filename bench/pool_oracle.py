@@ -64,12 +64,13 @@ def first_selection(stages: dict[str, dict]) -> Path | None:
 def pool_stems(selection: Path) -> tuple[Path, dict[str, list]]:
     """The dataset and the stems of each oracle pool, from a selection the method made (its folder)."""
     made = json.loads((selection / SELECTION_FILE).read_text())
-    outputs, held = Path(made["settings"]["outputs"]), set(made.get("held_out") or {})
-    rule, sel = rule_variants.redecide(outputs, {}), rule_variants.redecide(outputs, {}, by_labels=True)
-    clean = [st for st in sel.stems if st.label is not None and not st.noisy and st.eligible]
-    return sel.data, {"method": [st for st in rule.stems if st.kept and st.track not in held],
-                      "labels_best": [st for st in sel.stems if st.kept and st.track not in held],
-                      "clean": [st for st in clean if st.track not in held]}
+    held = set(made.get("held_out") or {})
+    sel = rule_variants.redecide(Path(made["settings"]["outputs"]), {})
+    stems = [st for st in sel.stems if st.track not in held]
+    method = [st for st in stems if st.kept]
+    rule_variants.keep_labels_best(sel)
+    return sel.data, {"method": method, "labels_best": [st for st in stems if st.kept],
+                      "clean": [st for st in stems if st.label is not None and not st.noisy and st.eligible]}
 
 
 def write_pool(root: Path, stems, data: Path) -> None:
@@ -121,18 +122,17 @@ def main(argv=None) -> int:
         return 2
     rows = []
     for run in runs:
-        stages = stages_of(run)
+        stages, arm_out = stages_of(run), args.out / run.relative_to(args.folder)
         try:
             data, pools = pool_stems(first_selection(stages))
-            for name, stems in pools.items():
-                if name in POOLS:
-                    write_pool(args.out / run.relative_to(args.folder) / name / "pool", stems, data)
+            for name in POOLS:
+                write_pool(arm_out / name / "pool", pools[name], data)
         except (FileNotFoundError, ValueError) as exc:
             print(f"pool_oracle: {exc}", file=sys.stderr)
             return 2
         row = [str(run), f"{mean_sdr(Path(stages[STAGE]['eval'])):.2f} {counts(pools.pop('method'))}"]
         for name, stems in pools.items():
-            here = args.out / run.relative_to(args.folder) / name
+            here = arm_out / name
             model_dir = here / STAGE
             sdr = here / TEST_SCORES_FILE
             steps = [] if (model_dir / DONE_FILE).is_file() else [command_on(stages[STAGE]["command"], here / "pool", here)]

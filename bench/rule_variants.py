@@ -103,9 +103,9 @@ def filter_runs(folders) -> list[Path]:
     return runs
 
 
-def redecide(run: Path, values: dict[str, float], by_labels: bool = False) -> Selection:
-    """One run's stems decided again under a variant (a dry run, nothing written), or with the labels' best
-    thresholds (``best_thresholds``); ``metrics`` holds labelnoise.filter_report's figures of the decisions."""
+def redecide(run: Path, values: dict[str, float]) -> Selection:
+    """One run's stems decided again under a variant (a dry run, nothing written); ``metrics`` holds
+    labelnoise.filter_report's figures of the decisions against the labels."""
     made = json.loads((run / FILTER_SETTINGS_FILE).read_text())
     data = Path(made["data"])
     if not (data / LABELS_FILE).is_file():
@@ -116,17 +116,23 @@ def redecide(run: Path, values: dict[str, float], by_labels: bool = False) -> Se
                                  dry_run=True, report=False, progress=False)
     if sel.metrics is None:
         raise ValueError(f"{data / LABELS_FILE}: labels none of the stems {run} measured")
-    if by_labels:
-        chosen = best_thresholds(sel.stems)
-        for st in sel.stems:
-            st.kept = st.eligible and st.stem in chosen and st.margin > chosen[st.stem] and not leaks.is_outlier(st)
-        sel.thresholds, sel.metrics = chosen, filter_report.metrics(sel.stems, SOURCES, chosen)
     return sel
 
 
+def keep_labels_best(sel: Selection) -> None:
+    """Decide ``sel``'s stems again with the labels' best thresholds (``best_thresholds``), its figures too."""
+    chosen = best_thresholds(sel.stems)
+    for st in sel.stems:
+        st.kept = st.stem in chosen and filter_report.kept_at(st, chosen[st.stem])
+    sel.thresholds, sel.metrics = chosen, filter_report.metrics(sel.stems, SOURCES, chosen)
+
+
 def decide(run: Path, values: dict[str, float], by_labels: bool = False) -> dict:
-    """``redecide``'s figures of the decisions against the labels."""
-    return redecide(run, values, by_labels).metrics
+    """The figures of one run's decisions under a variant, or with the labels' best thresholds."""
+    sel = redecide(run, values)
+    if by_labels:
+        keep_labels_best(sel)
+    return sel.metrics
 
 
 def best_thresholds(stems, recall: float = RECALL_AT) -> dict[str, float]:

@@ -75,8 +75,8 @@ def is_blind(stem) -> bool:
     return bool(stem.noisy) and any(row in BLIND_KINDS for row in _kind_rows(stem))
 
 
-def _kept_at(stem, threshold: float) -> bool:
-    # The decision of selection.decide at another threshold (and the leak test's, where it ran).
+def kept_at(stem, threshold: float) -> bool:
+    """The decision of selection.decide at another threshold (and the leak test's, where it ran)."""
     return stem.eligible and stem.margin > threshold and not leaks.is_outlier(stem)
 
 
@@ -97,8 +97,8 @@ def sweep(stems, sources, thresholds_to_try) -> list[dict]:
     out = []
     for t in thresholds_to_try:
         row = {"threshold": float(t),
-               "overall": confusion([(_kept_at(st, t), not st.noisy) for st in labelled])}
-        row["per_source"] = {s: confusion([(_kept_at(st, t), not st.noisy) for st in labelled if st.stem == s])
+               "overall": confusion([(kept_at(st, t), not st.noisy) for st in labelled])}
+        row["per_source"] = {s: confusion([(kept_at(st, t), not st.noisy) for st in labelled if st.stem == s])
                              for s in sources}
         out.append(row)
     return out
