@@ -104,6 +104,15 @@ def counts(stems) -> str:
     return f"({len(stems)} stems, {sum(bool(st.noisy) for st in stems)} noisy)"
 
 
+def method_scores(run: Path, stages: dict[str, dict]) -> Path:
+    """The test scores of the method's own joint360, which the table sets the pools against."""
+    scores = stages[STAGE].get("eval")
+    if not scores or not Path(scores).is_file():
+        raise FileNotFoundError(f"{run}: its {STAGE} was not scored on a test set ({scores or 'no --test'}); "
+                                f"run its pipeline with --test first")
+    return Path(scores)
+
+
 def mean_sdr(sdr_json: Path) -> float:
     """The mean SDR over tracks and sources that evaluate.py's JSON holds."""
     return json.loads(sdr_json.read_text())["summary"]["mean"]
@@ -124,13 +133,14 @@ def main(argv=None) -> int:
     for run in runs:
         stages, arm_out = stages_of(run), args.out / run.relative_to(args.folder)
         try:
+            method_sdr = mean_sdr(method_scores(run, stages))
             data, pools = pool_stems(first_selection(stages))
             for name in POOLS:
                 write_pool(arm_out / name / "pool", pools[name], data)
         except (FileNotFoundError, ValueError) as exc:
             print(f"pool_oracle: {exc}", file=sys.stderr)
             return 2
-        row = [str(run), f"{mean_sdr(Path(stages[STAGE]['eval'])):.2f} {counts(pools.pop('method'))}"]
+        row = [str(run), f"{method_sdr:.2f} {counts(pools.pop('method'))}"]
         for name, stems in pools.items():
             here = arm_out / name
             model_dir = here / STAGE

@@ -69,3 +69,22 @@ def test_the_pool_is_the_selection_joint360_ran_after(tmp_path):
     (tmp_path / "control" / "pipeline.json").write_text(json.dumps({"stages": stages[2:]}))
     assert pool_oracle.method_runs(tmp_path) == [run]
     assert pool_oracle.first_selection(pool_oracle.stages_of(run)) == Path("pools/a")
+
+
+def test_a_method_arm_never_scored_is_a_one_line_error_before_any_training(tmp_path, capsys):
+    run = tmp_path / "runs" / "method"
+    run.mkdir(parents=True)
+    stages = [{"name": "select_a", "kind": "select", "after": [], "selection": str(tmp_path / "nowhere")},
+              {"name": pool_oracle.STAGE, "kind": "train", "after": ["select_a"], "eval": None,
+               "command": ["python", "train.py"]}]
+    (run / "pipeline.json").write_text(json.dumps({"stages": stages}))
+    out = tmp_path / "oracle"
+    assert pool_oracle.main([str(tmp_path / "runs"), "--test", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(run) in err and "was not scored on a test set" in err and "--test" in err
+    assert not out.exists()
+    # A scores file named but gone (the run was moved or cleaned): the same error, naming the file.
+    stages[1]["eval"] = str(run / "joint360" / "test_sdr.json")
+    (run / "pipeline.json").write_text(json.dumps({"stages": stages}))
+    assert pool_oracle.main([str(tmp_path / "runs"), "--test", str(tmp_path), "--out", str(out)]) == 2
+    assert "joint360/test_sdr.json" in capsys.readouterr().err
