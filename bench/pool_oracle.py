@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rule_variants  # noqa: E402
 
+from labelnoise import atomic  # noqa: E402
 from labelnoise.files import DONE_FILE, MANIFEST_FILE, MODEL_FILE, SELECTION_FILE, TEST_SCORES_FILE  # noqa: E402
 from labelnoise.pipeline import JOINT as STAGE  # noqa: E402
 
@@ -88,7 +89,7 @@ def write_pool(root: Path, stems, data: Path) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             os.symlink((data / st.track / f"{st.stem}.wav").resolve(), link)
-    record.write_text(json.dumps(listed) + "\n")
+    atomic.write_text(record, json.dumps(listed) + "\n")   # a cut-off record would refuse the pool
 
 
 def command_on(command: list[str], pool: Path, out: Path) -> list[str]:

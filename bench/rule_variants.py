@@ -146,9 +146,9 @@ def best_thresholds(stems, recall: float = RECALL_AT) -> dict[str, float]:
     clean_total = sum(not st.noisy for st in judged)
     best = {0: (0, {})}                        # clean kept -> (noisy kept, threshold per source)
     for source in sorted({st.stem for st in judged}):
-        # A margin of -inf (the stem's own output all zero) is kept by no threshold.
-        ranked = sorted((st for st in judged if st.stem == source and st.eligible and not leaks.is_outlier(st)
-                         and st.margin > -math.inf), key=lambda st: -st.margin)
+        # The stems some threshold keeps (not a margin of -inf: the stem's own output all zero).
+        ranked = sorted((st for st in judged if st.stem == source and filter_report.kept_at(st, -math.inf)),
+                        key=lambda st: -st.margin)
         margins = [st.margin for st in ranked]
         options, tp, fp = [(0, 0, math.inf)], 0, 0
         for k, st in enumerate(ranked, 1):     # keep the top k: the threshold lies below the k-th margin
